@@ -1,0 +1,94 @@
+"""Audio helpers: WAV in and out, sample-rate conversion, level measurement. numpy only."""
+
+from __future__ import annotations
+
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from avatarchat.errors import BadInput
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """PCM WAV bytes -> (mono float32 samples, sample rate). Raises BadInput with the reason."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as err:
+        raise BadInput(f"not a readable PCM WAV file: {err}") from None
+    if width not in (1, 2, 4):
+        raise BadInput(f"unsupported WAV sample width {width * 8} bits; use 16-bit PCM")
+    if rate < 8000 or rate > 192000:
+        raise BadInput(f"unsupported WAV sample rate {rate} Hz")
+    dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
+    pcm = np.frombuffer(frames, dtype=dtype)
+    if width == 1:
+        samples = (pcm.astype(np.float32) - 128.0) / 128.0
+    else:
+        samples = pcm.astype(np.float32) / float(2 ** (8 * width - 1))
+    if channels > 1:
+        samples = samples[: len(samples) // channels * channels].reshape(-1, channels).mean(axis=1)
+    return samples.astype(np.float32), rate
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    return decode_wav(Path(path).read_bytes())
+
+
+def encode_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float32 samples -> 16-bit PCM WAV bytes."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(to_pcm16(samples).tobytes())
+    return buf.getvalue()
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
+def from_pcm16(pcm: bytes | np.ndarray) -> np.ndarray:
+    arr = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, (bytes, bytearray, memoryview)) else pcm
+    return arr.astype(np.float32) / 32768.0
+
+
+def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited resampling by windowed-sinc interpolation (good enough for speech, no scipy)."""
+    if src_rate == dst_rate or len(samples) == 0:
+        return samples.astype(np.float32, copy=False)
+    from math import gcd
+
+    g = gcd(src_rate, dst_rate)
+    up, down = dst_rate // g, src_rate // g
+    # Polyphase FIR: upsample by `up`, low-pass at the lower Nyquist, keep every `down`-th sample.
+    taps_per_phase = 16
+    cutoff = 1.0 / max(up, down)
+    n = np.arange(-taps_per_phase * up, taps_per_phase * up + 1)
+    h = cutoff * np.sinc(cutoff * n) * np.kaiser(len(n), 8.0) * up
+    out_len = int(np.ceil(len(samples) * up / down))
+    # positions in the upsampled signal that we keep
+    pos = np.arange(out_len) * down
+    out = np.zeros(out_len, dtype=np.float64)
+    half = taps_per_phase * up
+    x = samples.astype(np.float64)
+    for k in range(-taps_per_phase, taps_per_phase + 1):
+        # input sample index contributing through tap (pos - (idx*up)) in [-half, half]
+        idx = pos // up + k
+        tap = pos - idx * up + half
+        valid = (idx >= 0) & (idx < len(x)) & (tap >= 0) & (tap < len(h))
+        out[valid] += x[idx[valid]] * h[tap[valid]]
+    return out.astype(np.float32)
+
+
+def rms_db(samples: np.ndarray) -> float:
+    """Level in dBFS (-inf for digital silence)."""
+    if len(samples) == 0:
+        return float("-inf")
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20.0 * np.log10(rms) if rms > 0 else float("-inf")

@@ -1,0 +1,1 @@
+"""asr backends (see base.py for the interface)."""

@@ -1,0 +1,27 @@
+"""A scripted ASR for tests of the code around it: answers a fixed text after a fixed delay."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import Field
+
+from avatarchat.backends.asr.base import ASRBackend
+from avatarchat.config import Options
+from avatarchat.messages import AudioChunk, Transcript
+
+
+class ScriptedASR(ASRBackend):
+    class Options(Options):
+        text: str = Field("Hello there.", description="the transcript every utterance gets")
+        delay_s: float = Field(0.05, ge=0, description="simulated recognition time")
+        fail: bool = Field(False, description="raise instead of answering (failure tests)")
+
+    async def transcribe(self, audio: AudioChunk) -> Transcript:
+        await asyncio.sleep(self.options.delay_s)
+        if self.options.fail:
+            raise RuntimeError("scripted ASR failure")
+        return Transcript(text=self.options.text)
+
+
+BACKEND = ScriptedASR

@@ -1,0 +1,1 @@
+"""avatar backends (see base.py for the interface)."""

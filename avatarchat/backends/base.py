@@ -1,0 +1,55 @@
+"""What every backend shares: typed options, a load step that fails loudly, and a close step."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from avatarchat.config import Options, StageConfig
+from avatarchat.errors import StageLoadError
+
+
+class Backend:
+    """A stage backend. Subclasses set ``Options`` (a pydantic model with documented defaults) and
+    implement ``load`` (read weights; may be slow) plus their stage's streaming method."""
+
+    stage: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    @property
+    def name(self) -> str:
+        return type(self).__module__.rsplit(".", 1)[-1]
+
+    def load(self) -> None:
+        """Load models. Raise an exception with a reason a user can act on."""
+
+    def close(self) -> None:
+        """Release what load() took."""
+
+
+def create_backend(config: StageConfig) -> Backend:
+    """Instantiate and load the configured backend; any failure becomes a StageLoadError naming
+    the stage, so a broken stage stops start-up instead of leaving a half-working service."""
+    from avatarchat import registry
+
+    cls = registry.backend_class(config.stage, config.backend)
+    backend = cls(config.options)
+    try:
+        backend.load()
+    except StageLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any load failure is reported the same way
+        raise StageLoadError(config.stage, config.backend, f"{type(err).__name__}: {err}") from err
+    return backend
+
+
+def require_file(path, what: str):
+    """Return ``path`` as a Path if it exists, else raise with what it was supposed to be."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found at {p}")
+    return p

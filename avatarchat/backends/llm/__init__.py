@@ -1,0 +1,1 @@
+"""llm backends (see base.py for the interface)."""

@@ -1,0 +1,1 @@
+"""tts backends (see base.py for the interface)."""

@@ -1,0 +1,1 @@
+"""vad backends (see base.py for the interface)."""

@@ -1,0 +1,1 @@
+"""Clients of the service: the HTTP turn client and the `avatar-chat` command line."""

@@ -1,0 +1,94 @@
+"""`avatar-chat`: talk to a running service from the command line, and render replies offline.
+
+    avatar-chat turn --wav question.wav --out reply.mp4 [--timings reply.json]
+    avatar-chat turn --text "What is your name?" --out reply.mp4
+    avatar-chat info
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from avatarchat.client.turn_client import TurnClient, TurnError
+
+
+def render_reply(result, pack_name: str, out: Path) -> dict:
+    """Draw the reply's frames with the avatar pack and write them with the audio as an MP4."""
+    from avatarchat.avatar.pack import AvatarPack
+    from avatarchat.avatar.renderer import PortraitRenderer
+    from avatarchat.media_file import write_mp4
+
+    t0 = time.perf_counter()
+    renderer = PortraitRenderer(AvatarPack.load(pack_name))
+    frames = (renderer.render(m) for m in result.frames())
+    write_mp4(out, frames, result.fps, result.audio(), result.sample_rate)
+    return {"render_and_encode_s": time.perf_counter() - t0}
+
+
+def cmd_turn(args) -> int:
+    client = TurnClient(args.server)
+    if args.wav and not Path(args.wav).is_file():
+        print(f"error: no such file: {args.wav}", file=sys.stderr)
+        return 2
+
+    def show(event: dict) -> None:
+        if event["type"] == "transcript" and event["role"] == "user":
+            print(f"you:    {event['text']}", file=sys.stderr)
+        elif event["type"] == "transcript" and event["role"] == "avatar" and event["final"]:
+            print(f"avatar: {event['text']}", file=sys.stderr)
+        elif event["type"] == "error":
+            print(f"error in stage {event['stage']}: {event['reason']}", file=sys.stderr)
+
+    try:
+        info = client.info()
+        result = client.turn(wav=args.wav, text=args.text, realtime=not args.fast, on_event=show)
+    except TurnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # httpx connection errors derive from it
+        print(f"error: cannot reach {args.server}: {err}", file=sys.stderr)
+        return 1
+    if result.error:
+        return 1
+    report = {"user_text": result.user_text, "reply_text": result.reply_text,
+              "server": result.server_timings, "client": result.client_timings}
+    if args.out and result.chunks:
+        report["client"].update(render_reply(result, info["avatar"]["pack"], Path(args.out)))
+        report["video"] = str(args.out)
+    text = json.dumps(report, indent=2)
+    if args.timings:
+        Path(args.timings).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_info(args) -> int:
+    print(json.dumps(TurnClient(args.server).info(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avatar-chat", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default="http://127.0.0.1:8000", help="service address")
+    sub = parser.add_subparsers(dest="command", required=True)
+    turn = sub.add_parser("turn", help="send one utterance or text, get the avatar's reply")
+    src = turn.add_mutually_exclusive_group(required=True)
+    src.add_argument("--wav", help="a recorded utterance (PCM WAV)")
+    src.add_argument("--text", help="a typed message instead of speech")
+    turn.add_argument("--out", help="write the reply video (MP4, H.264 + AAC) here")
+    turn.add_argument("--timings", help="write the per-stage timings JSON here")
+    turn.add_argument("--fast", action="store_true",
+                      help="render as fast as possible instead of paced to real time")
+    turn.set_defaults(func=cmd_turn)
+    sub.add_parser("info", help="show the service's stages and avatar").set_defaults(func=cmd_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

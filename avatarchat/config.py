@@ -1,0 +1,155 @@
+"""Typed service configuration, validated once at start-up.
+
+The configuration is the ``args`` block of an application in a Serve config file
+(``serve_config.yaml``). Every error names the source, the dotted key and, where there is a fixed
+set, the allowed values. ``python -m avatarchat.config serve_config.yaml`` checks a file by hand.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from avatarchat import registry
+from avatarchat.errors import ConfigError
+
+
+class Options(BaseModel):
+    """Base of every options model: unknown keys are errors, values are checked, models frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageConfig(BaseModel):
+    """One stage: which backend, with its validated options."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    stage: str
+    backend: str
+    options: Options
+
+
+class Limits(Options):
+    """Size and time limits on what one request may ask for."""
+
+    max_upload_bytes: int = Field(8_000_000, gt=0, description="largest accepted request body")
+    max_utterance_s: float = Field(60.0, gt=0, description="longest accepted user utterance")
+    max_text_chars: int = Field(2000, gt=0, description="longest accepted typed message")
+    max_history_messages: int = Field(16, ge=0, description="earlier messages sent to the LLM")
+    turn_timeout_s: float = Field(120.0, gt=0, description="a turn still running after this is cancelled")
+
+
+class Pacing(Options):
+    """How far ahead of real time a reply may be produced. Serve streams have no backpressure, so
+    producers pace themselves: a small lead keeps latency and interruption cost low."""
+
+    realtime: bool = Field(True, description="pace replies to real time (false renders as fast as it can)")
+    lead_s: float = Field(0.6, ge=0.0, le=10.0, description="seconds of reply produced ahead of playback")
+
+
+class ServiceConfig(Options):
+    stages: dict[str, StageConfig]
+    limits: Limits = Limits()
+    pacing: Pacing = Pacing()
+    record_dir: Path | None = Field(
+        None, description="write each user's utterance and transcript here; off (None) by default")
+
+    def stage(self, name: str) -> StageConfig:
+        return self.stages[name]
+
+
+def _key(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _raise_from_validation(source: str, prefix: str, model: type[BaseModel], err: ValidationError):
+    first = err.errors()[0]
+    key = _key((prefix, *first["loc"]) if prefix else first["loc"])
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(model.model_fields) or "(none)"
+        raise ConfigError(source, key, f"unknown key; allowed keys: {allowed}") from None
+    raise ConfigError(source, key, f"{first['msg']} (got {first.get('input')!r})") from None
+
+
+def _validate(source: str, prefix: str, model: type[BaseModel], data: Any):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        _raise_from_validation(source, prefix, model, err)
+
+
+def parse_stage(source: str, stage: str, raw: Any) -> StageConfig:
+    prefix = f"stages.{stage}"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, prefix, f"must be a mapping with a 'backend' key, got {raw!r}")
+    raw = dict(raw)
+    name = raw.pop("backend", registry.DEFAULT_BACKENDS[stage])
+    allowed = registry.available(stage)
+    if name not in allowed:
+        raise ConfigError(source, f"{prefix}.backend",
+                          f"unknown backend {name!r}; allowed: {', '.join(allowed)}")
+    cls = registry.backend_class(stage, name)
+    options = _validate(source, prefix, cls.Options, raw)
+    return StageConfig(stage=stage, backend=name, options=options)
+
+
+def parse_config(data: Any, source: str = "config") -> ServiceConfig:
+    """Validate a config mapping (the application's ``args``). Raises ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "(top level)", f"must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    stages_raw = data.pop("stages", None) or {}
+    if not isinstance(stages_raw, dict):
+        raise ConfigError(source, "stages", "must be a mapping of stage name to backend settings")
+    unknown = sorted(set(stages_raw) - set(registry.STAGES))
+    if unknown:
+        raise ConfigError(source, f"stages.{unknown[0]}",
+                          f"unknown stage; allowed: {', '.join(registry.STAGES)}")
+    stages = {s: parse_stage(source, s, stages_raw.get(s)) for s in registry.STAGES}
+    return _validate(source, "", ServiceConfig, {**data, "stages": stages})
+
+
+def app_args_from_serve_config(path: str | Path, app_name: str | None = None) -> dict:
+    """The ``args`` of one application in a Serve config file (the first, unless named)."""
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    apps = doc.get("applications") or []
+    if not apps:
+        raise ConfigError(str(path), "applications", "no application is defined")
+    for i, app in enumerate(apps):
+        if app_name is None or app.get("name") == app_name:
+            return app.get("args") or {}
+    names = ", ".join(str(a.get("name")) for a in apps)
+    raise ConfigError(str(path), "applications", f"no application named {app_name!r}; found: {names}")
+
+
+def load_serve_config(path: str | Path, app_name: str | None = None) -> ServiceConfig:
+    """Validate the application args of a Serve config file; errors name the file."""
+    args = app_args_from_serve_config(path, app_name)
+    return parse_config(args, source=f"{path} (applications[].args)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m avatarchat.config SERVE_CONFIG.yaml [APP_NAME]", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_serve_config(argv[0], argv[1] if len(argv) > 1 else None)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 1
+    for name, stage in cfg.stages.items():
+        print(f"{name:7s} {stage.backend:15s} {stage.options.model_dump(mode='json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""One conversation turn, streamed through the stages.
+
+    user audio -> ASR -> LLM deltas -> sentences -> TTS audio -> avatar chunks (audio + frames)
+
+Two tasks run side by side: one reads the LLM stream and cuts it into sentences; the other speaks
+each sentence as soon as it is complete and animates each piece of audio. Media is released paced
+to real time (see pacing.py), so nothing runs far ahead of what the user hears. Closing the turn's
+iterator (the caller hung up, was interrupted, or timed out) cancels both tasks, and with them every
+stage call still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from avatarchat.events import ReplyDone, StateChanged, TurnFailed
+from avatarchat.messages import (AnimateRequest, AudioChunk, ChatMessage, FaceMotion, LLMRequest,
+                                 SpeechChunk, TextDelta, Transcript, TurnTimings)
+from avatarchat.pacing import Clock, PlayoutPacer, Stopwatch, monotonic
+from avatarchat.ports import StagePorts
+from avatarchat.sentences import SentenceChunker
+
+_END = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _StageError:
+    stage: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    lead_s: float = 0.6
+    realtime: bool = True
+    max_history_messages: int = 16
+    seed: int = 0
+
+
+class Turn:
+    """Runs one turn; iterate ``run(user)`` for its events in order:
+
+    StateChanged("thinking"), Transcript, TextDelta..., StateChanged("speaking"), AvatarChunk...,
+    ReplyDone, TurnTimings, StateChanged("listening") — or TurnFailed naming the stage that broke.
+    """
+
+    def __init__(self, ports: StagePorts, history: Sequence[ChatMessage] = (),
+                 options: TurnOptions = TurnOptions(), clock: Clock = monotonic):
+        self.ports, self.history, self.options, self.clock = ports, tuple(history), options, clock
+        self.timings = TurnTimings()
+        self.reply_text = ""
+
+    async def run(self, user: AudioChunk | str) -> AsyncIterator:
+        watch = Stopwatch(self.clock)
+        yield StateChanged("thinking")
+        if isinstance(user, AudioChunk):
+            try:
+                transcript = await self.ports.transcribe(user)
+            except Exception as err:  # noqa: BLE001 - reported as this turn's failure
+                yield TurnFailed("asr", _reason(err))
+                return
+            self.timings.asr = watch.elapsed()
+        else:
+            transcript = Transcript(text=user)
+        yield transcript
+        if not transcript.text.strip():
+            yield self.timings
+            yield StateChanged("listening")
+            return
+
+        history = self.history[-self.options.max_history_messages:] if self.options.max_history_messages else ()
+        request = LLMRequest(history=(*history, ChatMessage("user", transcript.text)))
+        out: asyncio.Queue = asyncio.Queue(maxsize=64)
+        sentences: asyncio.Queue = asyncio.Queue(maxsize=64)  # bounded by the LLM's max_tokens anyway
+        tasks = [asyncio.create_task(self._read_llm(request, watch, sentences, out)),
+                 asyncio.create_task(self._speak(watch, sentences, out))]
+        speaking = False
+        try:
+            while (item := await out.get()) is not _END:
+                if isinstance(item, _StageError):
+                    yield TurnFailed(item.stage, _reason(item.error))
+                    return
+                if not speaking and not isinstance(item, TextDelta):
+                    speaking = True
+                    yield StateChanged("speaking")
+                yield item
+            yield ReplyDone(text=self.reply_text, audio_s=self.timings.reply_audio)
+            yield self.timings
+            yield StateChanged("listening")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_llm(self, request: LLMRequest, watch: Stopwatch,
+                        sentences: asyncio.Queue, out: asyncio.Queue) -> None:
+        chunker = SentenceChunker()
+        started = watch.elapsed()
+        try:
+            async for delta in self.ports.generate(request):
+                if self.timings.tokens == 0:
+                    self.timings.llm_first_token = watch.elapsed() - started
+                self.timings.tokens += 1
+                await out.put(delta)
+                for sentence in chunker.feed(delta.text):
+                    await sentences.put(sentence)
+            if (rest := chunker.flush()) is not None:
+                await sentences.put(rest)
+            self.timings.llm_total = watch.elapsed() - started
+        except Exception as err:  # noqa: BLE001
+            await out.put(_StageError("llm", err))
+        finally:
+            await sentences.put(_END)
+
+    async def _speak(self, watch: Stopwatch, sentences: asyncio.Queue, out: asyncio.Queue) -> None:
+        pacer = PlayoutPacer(self.options.lead_s, self.options.realtime, self.clock)
+        cursor = 0.0  # where the next audio starts on the reply's timeline
+        previous: FaceMotion | None = None
+        index = 0
+        stage = "tts"
+        try:
+            while (sentence := await sentences.get()) is not _END:
+                sent_at = watch.elapsed()
+                stage = "tts"
+                async for audio in self.ports.synthesize(sentence):
+                    if self.timings.tts_first_audio is None:
+                        self.timings.tts_first_audio = watch.elapsed() - sent_at
+                    tts_at = watch.elapsed()
+                    speech = SpeechChunk(AudioChunk(audio.samples, audio.sample_rate, cursor),
+                                         text=sentence, sentence=index)
+                    cursor += audio.duration
+                    stage = "avatar"
+                    async for chunk in self.ports.animate(AnimateRequest(speech, previous, self.options.seed)):
+                        if self.timings.avatar_first_frame is None:
+                            self.timings.avatar_first_frame = watch.elapsed() - tts_at
+                            self.timings.input_to_first_frame = watch.elapsed()
+                        if chunk.frames:
+                            previous = chunk.frames[-1]
+                        await pacer.wait_until(chunk.audio.start)
+                        await out.put(chunk)
+                    stage = "tts"
+                self.reply_text = f"{self.reply_text} {sentence}".strip()
+                index += 1
+            self.timings.sentences = index
+            self.timings.reply_audio = cursor
+            await pacer.wait_until(cursor)  # let playout catch up before the turn reports done
+            await out.put(_END)
+        except Exception as err:  # noqa: BLE001
+            await out.put(_StageError(stage, err))
+
+
+def _reason(err: BaseException) -> str:
+    # Errors from remote replicas carry the remote traceback; the last line holds the cause.
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__

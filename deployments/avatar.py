@@ -1,0 +1,23 @@
+"""The avatar stage as a Serve deployment: speech audio in, audio + face motion per frame out.
+
+What crosses Ray is FaceMotion (a few numbers per frame), not pixels: the renderer that turns it
+into frames runs where the frames are encoded (see docs/architecture.md).
+"""
+
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from avatarchat.messages import AnimateRequest, AvatarChunk
+from deployments.stage import StageDeployment
+
+
+@serve.deployment(name="Avatar", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4})
+class AvatarDeployment(StageDeployment):
+    async def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
+        async for chunk in self._stream(self.backend.animate(request)):
+            yield chunk
+
+    def describe(self) -> dict:
+        return {"pack": self.backend.pack, "fps": self.backend.fps}

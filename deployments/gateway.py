@@ -1,0 +1,147 @@
+"""The HTTP entry point: runs a turn through the stage deployments and streams its events back.
+
+    POST /v1/turns   body: audio/wav (a recorded utterance) or JSON {text | audio_wav_b64,
+                     history, realtime}; answers application/x-ndjson, one event per line
+                     (see docs/api.md)
+    GET  /v1/info    stages, avatar pack, limits
+    GET  /v1/stages  each stage deployment's call counters
+    GET  /healthz
+
+VAD runs here, beside the request, not as a deployment: a 32 ms chunk costs ~0.1 ms, a Ray hop more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from avatarchat import wire
+from avatarchat.backends.base import create_backend
+from avatarchat.config import ServiceConfig
+from avatarchat.errors import BadInput
+from avatarchat.events import ReplyDone, TurnFailed
+from avatarchat.messages import AudioChunk, Transcript
+from avatarchat.recording import Recorder
+from avatarchat.segmenter import find_speech
+from avatarchat.turn import Turn, TurnOptions
+from avatarchat.turn_request import TurnRequest, parse_turn_request
+from deployments.handle_ports import HandlePorts
+
+log = logging.getLogger("ray.serve")
+api = FastAPI(title="avatar-chat", version="0.1.0")
+
+# Audio kept before the first and after the last detected speech, so words are not clipped.
+_SPEECH_MARGIN_S = 0.25
+
+
+def error_response(err: BadInput) -> JSONResponse:
+    return JSONResponse({"error": err.reason}, status_code=err.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadInput(f"body of {declared} bytes is over the limit of {limit}", 413)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise BadInput(f"body is over the limit of {limit} bytes", 413)
+    return bytes(body)
+
+
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 1})
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):
+        self.config = config
+        self.handles = {"asr": asr, "llm": llm, "tts": tts, "avatar": avatar}
+        self.ports = HandlePorts(asr, llm, tts, avatar)
+        self.vad = create_backend(config.stage("vad"))
+        self.recorder = Recorder(config.record_dir) if config.record_dir else None
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/info")
+    async def info(self) -> dict:
+        avatar = await self.handles["avatar"].describe.remote()
+        return {"avatar": avatar,
+                "stages": {name: s.backend for name, s in self.config.stages.items()},
+                "limits": self.config.limits.model_dump(),
+                "pacing": self.config.pacing.model_dump()}
+
+    @api.get("/v1/stages")
+    async def stages(self) -> dict:
+        names = ("asr", "llm", "tts", "avatar")
+        stats = await asyncio.gather(*(self.handles[n].call_stats.remote() for n in names))
+        return dict(zip(names, stats))
+
+    @api.post("/v1/turns")
+    async def turns(self, request: Request):
+        try:
+            body = await read_body(request, self.config.limits.max_upload_bytes)
+            realtime = request.query_params.get("realtime")
+            parsed = parse_turn_request(
+                request.headers.get("content-type", ""), body, self.config.limits,
+                None if realtime is None else realtime.lower() in ("1", "true", "yes"))
+            user, speech_end = await self._user_input(parsed)
+        except BadInput as err:
+            return error_response(err)
+        lines = (json.dumps(event) + "\n" async for event in self._events(parsed, user, speech_end))
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    async def run_turn(self, parsed: TurnRequest):
+        """The same turn as POST /v1/turns, for handle callers: yields the wire events (dicts).
+        Bad input yields one error event instead of raising."""
+        try:
+            user, speech_end = await self._user_input(parsed)
+        except BadInput as err:
+            yield {"type": "error", "stage": "input", "reason": err.reason}
+            return
+        async for event in self._events(parsed, user, speech_end):
+            yield event
+
+    async def _user_input(self, parsed: TurnRequest) -> tuple[AudioChunk | str, float | None]:
+        if parsed.audio is None:
+            return parsed.text, None
+        audio = parsed.audio
+        spans = await asyncio.to_thread(find_speech, audio.samples, audio.sample_rate, self.vad)
+        if not spans:
+            raise BadInput("no speech found in the audio", 422)
+        start = max(0.0, spans[0][0] - _SPEECH_MARGIN_S)
+        end = min(audio.duration, spans[-1][1] + _SPEECH_MARGIN_S)
+        a, b = int(start * audio.sample_rate), int(end * audio.sample_rate)
+        return AudioChunk(audio.samples[a:b], audio.sample_rate), spans[-1][1]
+
+    async def _events(self, parsed: TurnRequest, user, speech_end: float | None):
+        limits, pacing = self.config.limits, self.config.pacing
+        options = TurnOptions(lead_s=pacing.lead_s,
+                              realtime=pacing.realtime if parsed.realtime is None else parsed.realtime,
+                              max_history_messages=limits.max_history_messages)
+        turn = Turn(self.ports, parsed.history, options)
+        turn.timings.speech_end_in_input = speech_end
+        user_text, reply_text = parsed.text or "", ""
+        events = turn.run(user)
+        try:
+            async with asyncio.timeout(limits.turn_timeout_s):
+                async for event in events:
+                    if isinstance(event, Transcript):
+                        user_text = event.text
+                    elif isinstance(event, ReplyDone):
+                        reply_text = event.text
+                    yield wire.encode(event)
+        except TimeoutError:
+            yield wire.encode(TurnFailed("turn", f"turn exceeded turn_timeout_s={limits.turn_timeout_s}"))
+        finally:
+            await events.aclose()
+            if self.recorder is not None:
+                await asyncio.to_thread(self.recorder.save, parsed.audio, user_text, reply_text)

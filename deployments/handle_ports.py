@@ -1,0 +1,44 @@
+"""StagePorts over Serve deployment handles.
+
+A streamed stage call is consumed and re-yielded (a response generator cannot be passed on to
+another handle call), and explicitly cancelled when the consumer stops early, so a cancelled turn
+stops the remote stage instead of letting it run to the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from ray.serve.handle import DeploymentHandle
+
+from avatarchat.messages import (AnimateRequest, AudioChunk, AvatarChunk, LLMRequest, TextDelta,
+                                 Transcript)
+
+
+async def _relay(response) -> AsyncIterator:
+    try:
+        async for item in response:
+            yield item
+    finally:
+        response.cancel()
+
+
+class HandlePorts:
+    def __init__(self, asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle,
+                 avatar: DeploymentHandle):
+        self.asr = asr
+        self.llm = llm.options(stream=True)
+        self.tts = tts.options(stream=True)
+        self.avatar = avatar.options(stream=True)
+
+    async def transcribe(self, audio: AudioChunk) -> Transcript:
+        return await self.asr.transcribe.remote(audio)
+
+    def generate(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
+        return _relay(self.llm.generate.remote(request))
+
+    def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        return _relay(self.tts.synthesize.remote(text))
+
+    def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
+        return _relay(self.avatar.animate.remote(request))

@@ -1,0 +1,16 @@
+"""The TTS stage as a Serve deployment; one call speaks one sentence."""
+
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from avatarchat.messages import AudioChunk
+from deployments.stage import StageDeployment
+
+
+@serve.deployment(name="TTS", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4})
+class TTSDeployment(StageDeployment):
+    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        async for audio in self._stream(self.backend.synthesize(text)):
+            yield audio

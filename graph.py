@@ -1,0 +1,28 @@
+"""Builds the Serve application from the config: one deployment per model stage, and the gateway
+that streams each turn through them.
+
+    serve run serve_config.yaml      (import_path: graph:build_app, args: the service config)
+
+Deployment settings (replicas, autoscaling, CPUs/GPUs, max_ongoing_requests) have defaults on the
+deployment classes and are overridden per deployment in the Serve config's `deployments:` list.
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from avatarchat.config import parse_config
+from deployments.asr import ASRDeployment
+from deployments.avatar import AvatarDeployment
+from deployments.gateway import Gateway
+from deployments.llm import LLMDeployment
+from deployments.tts import TTSDeployment
+
+
+def build_app(args: dict) -> Application:
+    config = parse_config(args, source="Serve config applications[].args")
+    asr = ASRDeployment.bind(config.stage("asr"))
+    llm = LLMDeployment.bind(config.stage("llm"))
+    tts = TTSDeployment.bind(config.stage("tts"))
+    avatar = AvatarDeployment.bind(config.stage("avatar"))
+    return Gateway.bind(config, asr, llm, tts, avatar)
