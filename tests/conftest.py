@@ -1,0 +1,65 @@
+"""Shared fixtures. Add fixtures by appending; keep each small."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from avatarchat.audio import read_wav
+from avatarchat.backends.base import create_backend
+from avatarchat.config import parse_stage
+
+BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="session")
+def speech_assets() -> Path:
+    """moonshine-voice's real human recordings: beckett.wav, two_cities.wav."""
+    pkg = _package_dir("moonshine_voice")
+    if pkg is None or not (pkg / "assets" / "beckett.wav").exists():
+        pytest.skip("moonshine-voice (real speech recordings) is not installed")
+    return pkg / "assets"
+
+
+@pytest.fixture(scope="session")
+def beckett(speech_assets):
+    """(samples, sample_rate, text) of beckett.wav, ~10 s of a real voice."""
+    samples, rate = read_wav(speech_assets / "beckett.wav")
+    return samples, rate, BECKETT_TEXT
+
+
+def _backend(stage: str, name: str, **options):
+    return create_backend(parse_stage("test", stage, {"backend": name, **options}))
+
+
+@pytest.fixture(scope="session")
+def silero_vad():
+    return _backend("vad", "silero")
+
+
+@pytest.fixture(scope="session")
+def whisper_asr():
+    backend = _backend("asr", "faster_whisper")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def llama_llm():
+    backend = _backend("llm", "llama_cpp")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def hibari_tts():
+    backend = _backend("tts", "hibari")
+    yield backend
+    backend.close()

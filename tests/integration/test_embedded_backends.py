@@ -1,0 +1,211 @@
+"""The embedded CPU backends on their real bundled weights: silero VAD, Whisper tiny.en,
+SmolLM2-135M on llama.cpp (in-process and behind an OpenAI-compatible HTTP server), hibari TTS."""
+
+import asyncio
+import re
+import time
+
+import numpy as np
+import pytest
+
+from avatarchat.audio import resample
+from avatarchat.backends.base import create_backend
+from avatarchat.config import parse_stage
+from avatarchat.messages import AudioChunk, ChatMessage, LLMRequest
+from avatarchat.segmenter import SpeechEnded, SpeechStarted, find_speech, segmenter_for
+from tests.helpers import OpenAIServer, wer
+
+pytestmark = pytest.mark.models
+
+SKY = LLMRequest((ChatMessage("user", "What colour is the sky?"),))
+STORY = LLMRequest((ChatMessage("user", "Tell me a long story about a dragon and a knight."),),
+                   max_tokens=48)
+
+
+# -- VAD -----------------------------------------------------------------------------------------
+
+def test_vad_finds_the_speech_in_beckett(silero_vad, beckett):
+    samples, rate, _ = beckett
+    segments = find_speech(samples, rate, silero_vad)
+    assert segments, "no speech found"
+    assert segments[0][0] < 0.8                # "Ever tried." starts at ~0.4 s
+    assert 8.0 < segments[-1][1] < 9.6         # "...Fail better." ends at ~8.9 s of 10 s
+    speech = sum(e - s for s, e in segments)
+    assert 3.0 < speech < 9.0
+    assert all(e > s for s, e in segments)
+
+
+@pytest.mark.parametrize("kind", ["silence", "low noise"])
+def test_vad_finds_nothing_in_silence_or_low_noise(silero_vad, kind):
+    n = 16000 * 5
+    if kind == "silence":
+        x = np.zeros(n, np.float32)
+    else:
+        x = (np.random.default_rng(0).standard_normal(n) * 0.003).astype(np.float32)  # ~-50 dBFS
+    assert find_speech(x, 16000, silero_vad) == []
+
+
+def test_vad_streams_keep_their_own_state(silero_vad, beckett):
+    samples, rate, _ = beckett
+    x = resample(samples, rate, 16000)[: 512 * 60]
+    a, b = silero_vad.new_stream(), silero_vad.new_stream()
+    pa = [a.probability(x[i:i + 512]) for i in range(0, len(x), 512)]
+    # b sees silence first: its state differs, a's results do not change
+    for _ in range(20):
+        b.probability(np.zeros(512, np.float32))
+    fresh = silero_vad.new_stream()
+    assert [fresh.probability(x[i:i + 512]) for i in range(0, len(x), 512)] == pytest.approx(pa)
+    with pytest.raises(ValueError, match="512"):
+        a.probability(np.zeros(480, np.float32))
+
+
+async def test_streamed_utterance_is_transcribed(silero_vad, whisper_asr, beckett):
+    """Live path: VAD chunk by chunk -> segmenter events -> ASR of the first utterance."""
+    samples, rate, _ = beckett
+    x = resample(samples, rate, 16000)
+    stream, seg = silero_vad.new_stream(), segmenter_for(silero_vad)
+    events = []
+    for i in range(0, len(x) - 511, 512):
+        chunk = x[i:i + 512]
+        events += seg.feed(stream.probability(chunk), chunk)
+    events += seg.flush()
+    assert isinstance(events[0], SpeechStarted)
+    first_end = next(e for e in events if isinstance(e, SpeechEnded))
+    assert first_end.audio.start < events[0].at_s  # includes the pre-roll
+    text = (await whisper_asr.transcribe(first_end.audio)).text
+    assert wer("Ever tried.", text) == 0.0, text
+
+
+# -- ASR -----------------------------------------------------------------------------------------
+
+async def test_asr_transcribes_beckett(whisper_asr, beckett):
+    samples, rate, reference = beckett
+    t0 = time.perf_counter()
+    transcript = await whisper_asr.transcribe(AudioChunk(samples, rate))
+    elapsed = time.perf_counter() - t0
+    assert transcript.language == "en"
+    assert transcript.text == transcript.text.strip() and transcript.text
+    assert wer(reference, transcript.text) <= 0.2, transcript.text
+    print(f"\nASR beckett.wav (10 s): {elapsed:.2f} s: {transcript.text!r}")
+
+
+async def test_asr_resamples_other_rates(whisper_asr, beckett):
+    samples, rate, reference = beckett
+    x48 = resample(samples[: rate * 3], rate, 48000)  # "Ever tried. Ever failed."
+    transcript = await whisper_asr.transcribe(AudioChunk(x48, 48000))
+    assert wer("Ever tried. Ever failed.", transcript.text) <= 0.2, transcript.text
+
+
+# -- TTS -----------------------------------------------------------------------------------------
+
+async def test_tts_to_asr_round_trip(hibari_tts, whisper_asr):
+    sentence = "The weather is lovely today, so let us walk to the park."
+    t0 = time.perf_counter()
+    chunks, first = [], None
+    async for chunk in hibari_tts.synthesize(sentence):
+        first = first if first is not None else time.perf_counter() - t0
+        chunks.append(chunk)
+    assert chunks and all(c.sample_rate == 24000 for c in chunks)
+    assert chunks[0].start == 0.0
+    audio = np.concatenate([c.samples for c in chunks])
+    assert 1.5 < len(audio) / 24000 < 8.0
+    assert np.abs(audio).max() <= 1.0 and np.abs(audio).max() > 0.05
+    text = (await whisper_asr.transcribe(AudioChunk(audio, 24000))).text
+    assert wer(sentence, text) <= 0.2, text
+    print(f"\nTTS first audio {first * 1000:.0f} ms for {len(audio) / 24000:.2f} s of speech")
+
+
+async def test_tts_yields_one_chunk_per_sentence_on_one_timeline(hibari_tts):
+    chunks = [c async for c in hibari_tts.synthesize("Hello there. How are you today? I am fine.")]
+    assert len(chunks) == 3
+    for a, b in zip(chunks, chunks[1:]):
+        assert b.start == pytest.approx(a.end)
+    assert [c async for c in hibari_tts.synthesize("   ")] == []
+
+
+async def test_tts_early_exit_stops_synthesis(hibari_tts):
+    text = " ".join(f"This is sentence number {i}." for i in range(40))
+    n = 0
+    async for _ in hibari_tts.synthesize(text):
+        n += 1
+        break
+    assert n == 1  # and the worker stopped: the next request is not stuck behind 40 sentences
+    t0 = time.perf_counter()
+    assert [c async for c in hibari_tts.synthesize("Done.")]
+    assert time.perf_counter() - t0 < 1.0
+
+
+# -- LLM (llama.cpp in-process) ---------------------------------------------------------------
+
+def english(text: str) -> bool:
+    words = re.findall(r"[A-Za-z']+", text)
+    common = {"the", "is", "a", "it", "sky", "blue", "and", "of", "to", "in", "you", "i"}
+    return len(words) >= 2 and any(w.lower() in common for w in words)
+
+
+async def test_llm_streams_an_english_reply(llama_llm):
+    t0 = time.perf_counter()
+    deltas, first = [], None
+    async for d in llama_llm.stream(SKY):
+        first = first if first is not None else time.perf_counter() - t0
+        deltas.append(d.text)
+    reply = "".join(deltas)
+    assert len(deltas) >= 2 and reply.strip()
+    assert english(reply), reply
+    assert not reply.startswith(" ")
+    print(f"\nLLM first token {first * 1000:.0f} ms (warm prefix), {len(deltas)} deltas: {reply!r}")
+
+
+async def test_llm_early_exit_stops_generation(llama_llm):
+    before, cut_before = llama_llm.tokens_generated, llama_llm.streams_stopped_early
+    n = 0
+    async for _ in llama_llm.stream(STORY):
+        n += 1
+        if n == 3:
+            break
+    await asyncio.sleep(0.2)
+    stopped_at = llama_llm.tokens_generated
+    await asyncio.sleep(0.5)
+    assert llama_llm.tokens_generated == stopped_at, "generation went on after the consumer left"
+    assert llama_llm.streams_stopped_early == cut_before + 1  # cut, not run to its end
+    assert stopped_at - before <= 3 + 8 + 2  # 3 delivered, at most a queue's worth more (of 48)
+    # the model is free again: the next request runs to completion
+    assert "".join([d.text async for d in llama_llm.stream(SKY)]).strip()
+
+
+async def test_llm_requests_run_one_at_a_time_and_both_complete(llama_llm):
+    async def reply(req):
+        return "".join([d.text async for d in llama_llm.stream(req)])
+
+    a, b = await asyncio.gather(reply(SKY), reply(SKY))
+    assert a.strip() and a == b  # same seed, same prompt: same reply, no interleaving
+
+
+# -- LLM behind a real OpenAI-compatible HTTP server -----------------------------------------
+
+async def test_openai_compat_against_a_real_llama_server(llama_llm):
+    with OpenAIServer(llama_llm) as server:
+        client = create_backend(parse_stage("test", "llm", {
+            "backend": "openai_compat", "base_url": server.base_url, "check_on_load": True}))
+        reply = "".join([d.text async for d in client.stream(SKY)])
+        assert english(reply), reply
+        assert server.requests[-1]["messages"][-1] == {"role": "user",
+                                                       "content": "What colour is the sky?"}
+
+        before, cut_before = llama_llm.tokens_generated, llama_llm.streams_stopped_early
+        n = 0
+        async for _ in client.stream(STORY):
+            n += 1
+            if n == 3:
+                break
+        for _ in range(100):
+            if server.disconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert server.disconnects == 1
+        await asyncio.sleep(0.2)
+        stopped_at = llama_llm.tokens_generated
+        await asyncio.sleep(0.4)
+        assert llama_llm.tokens_generated == stopped_at
+        assert llama_llm.streams_stopped_early == cut_before + 1  # the model stopped early
+        assert stopped_at - before < 48
