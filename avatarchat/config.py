@@ -152,4 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run through the imported module, not this __main__ copy: backends subclass the imported
+    # module's Options, which must be the class StageConfig checks against.
+    from avatarchat.config import main as _main
+
+    raise SystemExit(_main())

@@ -98,12 +98,13 @@ class FaceMotion:
     """The avatar's face in one video frame, as a few numbers rather than pixels.
 
     This is what crosses Ray between the avatar stage and the renderer (~100 bytes a frame, where a
-    raw 512x512 RGB frame is 786 kB and ~4 ms a hop). Mouth values are 0..1; head angles are degrees;
-    ``blink`` is 0 (open) .. 1 (closed).
+    raw 512x512 RGB frame is 786 kB and ~4 ms a hop). ``mouth_open`` is 0 (closed) .. 1 (wide);
+    ``mouth_width`` -1 (rounded) .. +1 (spread); head angles are degrees; ``blink`` is 0 (open) ..
+    1 (closed); ``brow`` -1 (lowered) .. +1 (raised); ``breath`` is the breathing phase, -1 .. +1.
     """
 
     mouth_open: float = 0.0
-    mouth_width: float = 0.0  # -1 rounded/narrow .. +1 spread (smile, "ee")
+    mouth_width: float = 0.0
     head_yaw: float = 0.0
     head_pitch: float = 0.0
     head_roll: float = 0.0

@@ -1,5 +1,7 @@
 """The whole deployment graph in Serve's local testing mode, with scripted stages."""
 
+import asyncio
+
 import numpy as np
 import pytest
 from ray import serve
@@ -15,7 +17,7 @@ SCRIPTED_ARGS = {
     "stages": {"asr": {"backend": "scripted", "text": "What is your name?"},
                "llm": {"backend": "scripted", "reply": "My name is Ava. You asked: {user}"},
                "tts": {"backend": "scripted"},
-               "avatar": {"backend": "scripted"}},
+               "avatar": {"backend": "scripted", "delay_s": 0.02}},
     "pacing": {"realtime": False},
 }
 
@@ -52,3 +54,24 @@ async def test_audio_without_speech_is_refused_with_a_reason(gateway):
 def test_bad_config_fails_before_any_deployment_starts():
     with pytest.raises(ConfigError, match=r"stages\.llm\.backend: unknown backend 'gpt5'; allowed: "):
         graph.build_app({"stages": {"llm": {"backend": "gpt5"}}})
+
+
+async def test_closing_a_turn_cancels_the_stage_calls_in_flight(gateway):
+    stats = gateway.options(stream=False).stage_stats
+    before = await stats.remote()
+    request = TurnRequest(audio=None, text="hi", realtime=True)  # paced: later chunks are held back
+    stream = gateway.run_turn.remote(request)
+    async for event in stream:
+        if event["type"] == "media":
+            break
+    stream.cancel()
+    for _ in range(100):
+        after = await stats.remote()
+        if all(after[s]["active"] == 0 for s in after):
+            break
+        await asyncio.sleep(0.05)
+    assert all(after[s]["active"] == 0 for s in after), after
+    # The avatar was still producing the first sentence's chunks: its call was cancelled.
+    assert after["avatar"]["cancelled"] == before["avatar"]["cancelled"] + 1, after
+    # Pacing held the speaking task on sentence 1, so sentences 2 and 3 were never synthesised.
+    assert after["tts"]["started"] == before["tts"]["started"] + 1, after

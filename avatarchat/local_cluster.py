@@ -1,0 +1,111 @@
+"""A local loopback Ray cluster running `serve run CONFIG`, as a user would start it: for tests,
+benchmarks and load tests.
+
+Ray's token auth is turned off for this loopback-only test cluster (see docs/operations.md for a
+reachable cluster, where it stays on).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeCluster:
+    def __init__(self, config: Path | dict, num_cpus: int | None = None, num_gpus: int | None = None):
+        self.workdir = Path(tempfile.mkdtemp(prefix="avatar-chat-cluster-"))
+        doc = config if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
+        self.http_port = free_port()
+        doc.setdefault("http_options", {}).update({"host": "127.0.0.1", "port": self.http_port})
+        self.config_path = self.workdir / "serve_config.yaml"
+        self.config_path.write_text(yaml.safe_dump(doc))
+        self.gcs_port = free_port()
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}",
+                    "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+        self.serve_log = self.workdir / "serve_run.log"
+        self.serve_proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start_ray(self) -> None:
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+               f"--port={self.gcs_port}", "--include-dashboard=false", "--disable-usage-stats",
+               f"--temp-dir={self.workdir / 'ray'}"]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        if self.num_gpus is not None:
+            cmd.append(f"--num-gpus={self.num_gpus}")
+        subprocess.run(cmd, env=self.env, cwd=ROOT, check=True, capture_output=True, timeout=180)
+
+    def start_serve(self) -> None:
+        log = open(self.serve_log, "wb")
+        self.serve_proc = subprocess.Popen([str(BIN / "serve"), "run", str(self.config_path)],
+                                           env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+
+    def startup_check(self, timeout_s: float = 600) -> subprocess.CompletedProcess:
+        """The same check scripts/serve.sh runs: RUNNING, or the failing stage's reason."""
+        return subprocess.run([sys.executable, "-m", "deployments.startup_check", "--timeout", str(timeout_s)],
+                              env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s + 60)
+
+    def wait_ready(self, timeout_s: float = 600) -> None:
+        check = self.startup_check(timeout_s)
+        if check.returncode != 0:
+            raise RuntimeError(f"service failed to start:\n{check.stderr}\n{self.log_tail()}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.serve_proc.poll() is not None:
+                raise RuntimeError(f"serve run exited ({self.serve_proc.returncode}):\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"service not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def wait_exit(self, timeout_s: float) -> int:
+        try:
+            return self.serve_proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return -1
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.serve_log.read_text(errors="replace")[-chars:] if self.serve_log.exists() else ""
+
+    def start(self) -> "ServeCluster":
+        self.start_ray()
+        self.start_serve()
+        self.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        if self.serve_proc and self.serve_proc.poll() is None:
+            os.killpg(self.serve_proc.pid, signal.SIGTERM)  # serve run ignores SIGINT in the background
+            try:
+                self.serve_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.serve_proc.pid, signal.SIGKILL)
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)

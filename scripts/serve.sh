@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The run command: installs on first use, checks the config, starts a local Ray head on 127.0.0.1
+# (dashboard at http://127.0.0.1:8265) and runs `serve run CONFIG` on it. If a stage fails to load,
+# it says which one and why, and stops. Ctrl-C stops the service and the Ray head it started.
+# Usage: scripts/serve.sh [SERVE_CONFIG.yaml]   (default serve_config.yaml)
+# With RAY_ADDRESS set, it deploys onto that existing cluster instead and leaves it running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV=${AVATAR_CHAT_VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH" RAY_USAGE_STATS_ENABLED=0
+config=${1:-serve_config.yaml}
+python -m avatarchat.config "$config" >/dev/null   # a bad config fails here, naming file and key
+
+own_ray=0
+if [ -z "${RAY_ADDRESS:-}" ]; then
+  ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null
+  export RAY_ADDRESS=127.0.0.1:6379
+  own_ray=1
+fi
+serve run "$config" &
+serve_pid=$!
+stop() {
+  kill -TERM "$serve_pid" 2>/dev/null || true   # serve run ignores SIGINT in the background
+  wait "$serve_pid" 2>/dev/null || true
+  if [ "$own_ray" = 1 ]; then ray stop >/dev/null 2>&1 || true; fi
+}
+trap 'stop; exit 130' INT TERM
+if python -m deployments.startup_check --timeout "${AVATAR_CHAT_START_TIMEOUT:-900}"; then
+  port=$(python -c "import yaml,sys; print((yaml.safe_load(open(sys.argv[1])).get('http_options') or {}).get('port', 8000))" "$config")
+  echo "[serve] open http://127.0.0.1:$port/ ; Ray dashboard: http://127.0.0.1:8265/" >&2
+  wait "$serve_pid"
+else
+  stop
+  exit 1
+fi
