@@ -6,8 +6,13 @@ from avatarchat.messages import AudioChunk, Transcript
 from deployments.stage import StageDeployment
 
 
-@serve.deployment(name="ASR", max_constructor_retry_count=3, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8,
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2})
+@serve.deployment(
+    name="ASR",
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=8,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2},
+    max_constructor_retry_count=3,  # a missing model file does not fix itself
+)
 class ASRDeployment(StageDeployment):
     async def transcribe(self, audio: AudioChunk) -> Transcript:
         async with self.track():

@@ -12,8 +12,13 @@ from avatarchat.messages import AnimateRequest, AvatarChunk
 from deployments.stage import StageDeployment
 
 
-@serve.deployment(name="Avatar", max_constructor_retry_count=3, ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16,
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4})
+@serve.deployment(
+    name="Avatar",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=16,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
+    max_constructor_retry_count=3,  # a missing model file does not fix itself
+)
 class AvatarDeployment(StageDeployment):
     async def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
         async for chunk in self._stream(self.backend.animate(request)):

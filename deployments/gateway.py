@@ -55,8 +55,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@serve.deployment(name="Gateway", max_constructor_retry_count=3, ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64,
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 1})
+@serve.deployment(
+    name="Gateway",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=64,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 1},
+    max_constructor_retry_count=3,  # a missing model file does not fix itself
+)
 @serve.ingress(api)
 class Gateway:
     def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):

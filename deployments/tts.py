@@ -8,8 +8,13 @@ from avatarchat.messages import AudioChunk
 from deployments.stage import StageDeployment
 
 
-@serve.deployment(name="TTS", max_constructor_retry_count=3, ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16,
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4})
+@serve.deployment(
+    name="TTS",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=16,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
+    max_constructor_retry_count=3,  # a missing model file does not fix itself
+)
 class TTSDeployment(StageDeployment):
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         async for audio in self._stream(self.backend.synthesize(text)):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
@@ -23,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarchat.audio import encode_wav
-from avatarchat.backends.base import create_backend
+from avatarchat.audio import encode_wav, read_wav
+from avatarchat.backends.base import create_backend, package_dir
 from avatarchat.client.turn_client import TurnClient
 from avatarchat.config import load_serve_config
 from avatarchat.local_cluster import ROOT, ServeCluster
@@ -52,11 +51,9 @@ def machine() -> dict:
 def inputs(config) -> list[tuple[str, np.ndarray, int]]:
     """(label, samples, rate): one real recording and TTS-spoken questions."""
     out = []
-    spec = importlib.util.find_spec("moonshine_voice")
-    if spec and spec.submodule_search_locations:
-        from avatarchat.audio import read_wav
-        wav = Path(next(iter(spec.submodule_search_locations))) / "assets" / "beckett.wav"
-        samples, rate = read_wav(wav)
+    pkg = package_dir("moonshine_voice")
+    if pkg is not None:
+        samples, rate = read_wav(pkg / "assets" / "beckett.wav")
         out.append(("beckett.wav (human)", samples, rate))
     tts = create_backend(config.stage("tts"))
 
@@ -123,21 +120,30 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = ("asr", "llm_first_token", "tts_first_audio", "avatar_first_frame")
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    # The medians of the stage parts do not add up to the total: the rest is mostly the LLM writing
+    # on until the first sentence is complete (plus hops); it is drawn as its own segment.
+    parts = [("asr", "ASR", "#4C72B0"), ("llm_first_token", "LLM first token", "#DD8452"),
+             (None, "LLM to end of first sentence, hops", "#CCCCCC"),
+             ("tts_first_audio", "TTS first audio", "#55A868"), ("avatar_first_frame", "avatar first frame", "#C44E52")]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(summary)))
+    longest = 0.0
     for y, (mode, stats) in enumerate(summary.items()):
-        left = 0.0
-        for part in parts:
-            v = stats.get(part, {}).get("median", 0.0)
-            ax.barh(y, v, left=left, label=part if y == 0 else None)
-            left += v
+        med = {k: stats.get(k, {}).get("median", 0.0) for k, _, _ in parts if k}
         total = stats.get("input_to_first_frame", {}).get("median", 0.0)
-        ax.plot([total], [y], "k|", markersize=22)
-        ax.text(total + 0.01, y, f"{total:.2f} s end of input -> first frame", va="center", fontsize=8)
+        rest = max(0.0, total - sum(med.values()))
+        left = 0.0
+        for key, label, colour in parts:
+            v = med[key] if key else rest
+            ax.barh(y, v, left=left, color=colour, label=label if y == 0 else None)
+            left += v
+        p95 = stats.get("input_to_first_frame", {}).get("p95", 0.0)
+        ax.text(left + 0.02, y, f"median {total:.2f} s, p95 {p95:.2f} s", va="center", fontsize=8)
+        longest = max(longest, left)
+    ax.set_xlim(0, longest * 1.45)
     ax.set_yticks(range(len(summary)), list(summary))
-    ax.set_xlabel("seconds (median)")
+    ax.set_xlabel("seconds from end of user input to first avatar frame (medians)")
     ax.set_title("Where a turn's time goes (embedded CPU stack)")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -149,6 +155,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--png", help="draw the per-stage breakdown here")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the one-process baseline")
     args = parser.parse_args()
     config = load_serve_config(args.config)
     cases = inputs(config)
@@ -161,9 +168,10 @@ def main() -> int:
     finally:
         if cluster:
             cluster.stop()
-    local_rows = run_in_process(config, cases, args.rounds)
-    summary = {"serve graph (HTTP, 5 deployments)": summarise(graph_rows),
-               "one process (baseline)": summarise(local_rows)}
+    local_rows = [] if args.no_baseline else run_in_process(config, cases, args.rounds)
+    summary = {"serve graph (HTTP, 5 deployments)": summarise(graph_rows)}
+    if local_rows:
+        summary["one process (baseline)"] = summarise(local_rows)
     report = {"benchmark": "turn latency, embedded stack, realtime pacing", "machine": machine(),
               "rounds": args.rounds, "inputs": [c[0] for c in cases], "summary": summary,
               "turns": {"graph": graph_rows, "in_process": local_rows}}

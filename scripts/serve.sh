@@ -14,8 +14,14 @@ python -m avatarchat.config "$config" >/dev/null   # a bad config fails here, na
 
 own_ray=0
 if [ -z "${RAY_ADDRESS:-}" ]; then
+  # Ray's token auth, explicitly: the ray/serve CLIs only present ~/.ray/auth_token in token mode.
+  export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+  if [ "$RAY_AUTH_MODE" = token ] && [ ! -s "$HOME/.ray/auth_token" ]; then
+    ray get-auth-token --generate >/dev/null
+  fi
+  [ -f "$HOME/.ray/auth_token" ] && chmod 600 "$HOME/.ray/auth_token"   # Ray writes it world-readable
   ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null
-  export RAY_ADDRESS=127.0.0.1:6379
+  export RAY_ADDRESS=auto   # the head may register under the host's address, not 127.0.0.1
   own_ray=1
 fi
 serve run "$config" &

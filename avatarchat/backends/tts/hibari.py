@@ -11,7 +11,6 @@ goes away.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from contextlib import aclosing
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from avatarchat.backends.base import require_file
+from avatarchat.backends.base import package_dir, require_file
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk
@@ -32,10 +31,8 @@ BUNDLED_FALLBACK = ("heart",)
 
 
 def _assets_dir() -> Path | None:
-    spec = importlib.util.find_spec("hibari")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "assets"
+    pkg = package_dir("hibari")
+    return None if pkg is None else pkg / "assets"
 
 
 @cache

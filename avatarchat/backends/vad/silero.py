@@ -12,13 +12,12 @@ utterances; the backend itself only scores chunks.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from avatarchat.backends.base import require_file
+from avatarchat.backends.base import model_path, package_dir
 from avatarchat.backends.vad.base import VADBackend, VADStream
 from avatarchat.config import Options
 
@@ -30,10 +29,8 @@ CONTEXT_SAMPLES = 64  # v6 at 16 kHz: each chunk is scored with the previous chu
 def bundled_model_path() -> Path | None:
     """``silero_vad/data/silero_vad.onnx`` of the installed silero-vad wheel, found without importing
     the package (its ``__init__`` imports torch). None if the package is not installed."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    pkg = package_dir("silero_vad")
+    return None if pkg is None else pkg / "data" / "silero_vad.onnx"
 
 
 class SileroStream(VADStream):
@@ -92,11 +89,8 @@ class SileroVAD(VADBackend):
         self._session = None
 
     def load(self) -> None:
-        path = self.options.model_path or bundled_model_path()
-        if path is None:
-            raise FileNotFoundError("silero VAD model not found: the silero-vad package is not "
-                                    "installed (pip install --no-deps silero-vad) and no model_path is set")
-        path = require_file(path, "silero VAD ONNX model")
+        path = model_path(self.options.model_path, bundled_model_path(), "silero VAD ONNX model",
+                          "the silero-vad package is not installed (pip install --no-deps silero-vad)")
         import onnxruntime as ort
 
         so = ort.SessionOptions()
