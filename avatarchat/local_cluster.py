@@ -44,20 +44,34 @@ class ServeCluster:
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
         self.serve_log = self.workdir / "serve_run.log"
         self.serve_proc: subprocess.Popen | None = None
+        self.ray_proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start_ray(self) -> None:
-        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+    def start_ray(self, timeout_s: float = 120) -> None:
+        # A blocking head in its own process group: stop() ends exactly this cluster, never
+        # another Ray cluster on the machine (`ray stop` would stop them all).
+        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                f"--port={self.gcs_port}", "--include-dashboard=false", "--disable-usage-stats",
                f"--temp-dir={self.workdir / 'ray'}"]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         if self.num_gpus is not None:
             cmd.append(f"--num-gpus={self.num_gpus}")
-        subprocess.run(cmd, env=self.env, cwd=ROOT, check=True, capture_output=True, timeout=180)
+        self.ray_log = self.workdir / "ray_start.log"
+        self.ray_proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=open(self.ray_log, "wb"),
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ray_proc.poll() is not None:
+                raise RuntimeError(f"ray start exited:\n{self.ray_log.read_text(errors='replace')[-3000:]}")
+            check = subprocess.run([str(BIN / "ray"), "status"], env=self.env, capture_output=True, timeout=60)
+            if check.returncode == 0:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"Ray head not up after {timeout_s} s")
 
     def start_serve(self) -> None:
         log = open(self.serve_log, "wb")
@@ -102,10 +116,12 @@ class ServeCluster:
         return self
 
     def stop(self) -> None:
-        if self.serve_proc and self.serve_proc.poll() is None:
-            os.killpg(self.serve_proc.pid, signal.SIGTERM)  # serve run ignores SIGINT in the background
+        for proc in (self.serve_proc, self.ray_proc):
+            if proc is None or proc.poll() is not None:
+                continue
+            os.killpg(proc.pid, signal.SIGTERM)  # serve run ignores SIGINT in the background
             try:
-                self.serve_proc.wait(30)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.serve_proc.pid, signal.SIGKILL)
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
