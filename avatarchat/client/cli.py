@@ -2,6 +2,7 @@
 
     avatar-chat turn --wav question.wav --out reply.mp4 [--timings reply.json]
     avatar-chat turn --text "What is your name?" --out reply.mp4
+    avatar-chat speak "What is your name?" question.wav     (make a test utterance, offline)
     avatar-chat info
 """
 
@@ -12,6 +13,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from avatarchat.client.turn_client import TurnClient, TurnError
 
@@ -49,7 +52,7 @@ def cmd_turn(args) -> int:
     except TurnError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # httpx connection errors derive from it
+    except httpx.HTTPError as err:
         print(f"error: cannot reach {args.server}: {err}", file=sys.stderr)
         return 1
     if result.error:
@@ -66,8 +69,34 @@ def cmd_turn(args) -> int:
     return 0
 
 
+def cmd_speak(args) -> int:
+    """Speak text into a WAV with the embedded TTS: a quick utterance to send with `turn --wav`."""
+    import asyncio
+
+    import numpy as np
+
+    from avatarchat.audio import encode_wav
+    from avatarchat.backends.base import create_backend
+    from avatarchat.config import parse_stage
+
+    tts = create_backend(parse_stage("avatar-chat speak", "tts", {"backend": "hibari"}))
+
+    async def synthesize() -> np.ndarray:
+        return np.concatenate([a.samples async for a in tts.synthesize(args.text)])
+
+    pad = np.zeros(tts.sample_rate // 2, np.float32)  # half a second of silence either side
+    Path(args.out).write_bytes(encode_wav(np.concatenate([pad, asyncio.run(synthesize()), pad]),
+                                          tts.sample_rate))
+    print(args.out)
+    return 0
+
+
 def cmd_info(args) -> int:
-    print(json.dumps(TurnClient(args.server).info(), indent=2))
+    try:
+        print(json.dumps(TurnClient(args.server).info(), indent=2))
+    except httpx.HTTPError as err:
+        print(f"error: cannot reach {args.server}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -85,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     turn.add_argument("--fast", action="store_true",
                       help="render as fast as possible instead of paced to real time")
     turn.set_defaults(func=cmd_turn)
+    speak = sub.add_parser("speak", help="speak text into a WAV file with the embedded TTS (offline)")
+    speak.add_argument("text")
+    speak.add_argument("out", help="WAV file to write")
+    speak.set_defaults(func=cmd_speak)
     sub.add_parser("info", help="show the service's stages and avatar").set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
     return args.func(args)
