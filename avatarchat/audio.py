@@ -6,6 +6,7 @@ import io
 import wave
 from pathlib import Path
 
+import av
 import numpy as np
 
 from avatarchat.errors import BadInput
@@ -92,3 +93,32 @@ def rms_db(samples: np.ndarray) -> float:
         return float("-inf")
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+class StreamResampler:
+    """Streaming mono float32 resampler (libswresample keeps state across chunks: no seams)."""
+
+    def __init__(self, src_rate: int, dst_rate: int):
+        self.src_rate, self.dst_rate = src_rate, dst_rate
+        self._r = av.AudioResampler(format="flt", layout="mono", rate=dst_rate)
+        self._pts = 0
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        if self.src_rate == self.dst_rate:
+            return samples.astype(np.float32, copy=False)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1),
+                                           format="flt", layout="mono")
+        frame.sample_rate = self.src_rate
+        frame.pts = self._pts
+        self._pts += len(samples)
+        return self._collect(self._r.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        if self.src_rate == self.dst_rate:
+            return np.zeros(0, np.float32)
+        return self._collect(self._r.resample(None))
+
+    @staticmethod
+    def _collect(frames) -> np.ndarray:
+        parts = [f.to_ndarray().reshape(-1) for f in frames]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)

@@ -51,10 +51,41 @@ class Pacing(Options):
     lead_s: float = Field(0.6, ge=0.0, le=10.0, description="seconds of reply produced ahead of playback")
 
 
+class IceServer(Options):
+    """One STUN or TURN server offered to WebRTC peers. The TURN password is never written in the
+    config: ``credential_env`` names the environment variable that holds it."""
+
+    urls: list[str] = Field(..., min_length=1, description="e.g. [\"stun:stun.example.org:3478\"] or "
+                                                           "[\"turn:turn.example.org:3478?transport=udp\"]")
+    username: str | None = Field(None, description="TURN user name")
+    credential_env: str | None = Field(None, description="environment variable holding the TURN password")
+
+
+class Sessions(Options):
+    """Live WebRTC sessions (POST /v1/sessions, see docs/protocol.md). The Gateway replica holds them."""
+
+    max_sessions: int = Field(8, gt=0, description="sessions held at once; one more is refused with 503")
+    idle_timeout_s: float = Field(300.0, gt=0, description="a session with no speech or text for this long is ended")
+    max_duration_s: float = Field(1800.0, gt=0, description="a session is ended after this long whatever it does")
+    media_timeout_s: float = Field(5.0, gt=0, description="a session whose client sends no audio for this long "
+                                                          "(it vanished without hanging up) is ended")
+    connect_timeout_s: float = Field(15.0, gt=0, description="a session not connected this long after the offer is ended")
+    max_offer_bytes: int = Field(20_000, gt=0, description="largest accepted SDP offer (413 above it)")
+    retry_after_s: int = Field(5, gt=0, description="the Retry-After a full server answers with")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers; empty: host candidates only, nothing is "
+                                          "asked of outside servers")
+    host_addresses: list[str] = Field(
+        default_factory=list, description="the addresses offered as ICE host candidates; empty: every "
+                                          "non-loopback interface (aiortc's own choice); [\"127.0.0.1\"] "
+                                          "for loopback-only tests")
+
+
 class ServiceConfig(Options):
     stages: dict[str, StageConfig]
     limits: Limits = Limits()
     pacing: Pacing = Pacing()
+    sessions: Sessions = Sessions()
     record_dir: Path | None = Field(
         None, description="write each user's utterance and transcript here; off (None) by default")
 

@@ -10,7 +10,7 @@ import sys
 from pydantic import BaseModel
 
 from avatarchat import registry
-from avatarchat.config import Limits, Pacing, ServiceConfig
+from avatarchat.config import IceServer, Limits, Pacing, ServiceConfig, Sessions
 
 HEADER = """# Configuration reference
 
@@ -32,6 +32,7 @@ args:
       <option>: <value>
   limits: {...}
   pacing: {...}
+  sessions: {...}
   record_dir: null
 ```
 """
@@ -57,7 +58,9 @@ def render() -> str:
     for name in ("record_dir",):
         f = ServiceConfig.model_fields[name]
         out.append(f"- `{name}` (default {_default(f)}): {f.description}")
-    out += ["", "## limits", "", *_table(Limits), "", "## pacing", "", *_table(Pacing), "", "## stages", ""]
+    out += ["", "## limits", "", *_table(Limits), "", "## pacing", "", *_table(Pacing), "",
+            "## sessions", "", (Sessions.__doc__ or "").strip(), "", *_table(Sessions), "",
+            "Each entry of `ice_servers`:", "", *_table(IceServer), "", "## stages", ""]
     for stage in registry.STAGES:
         out += [f"### {stage}", "",
                 f"Default backend: `{registry.DEFAULT_BACKENDS[stage]}`. "

@@ -58,3 +58,24 @@ class PlayoutPacer:
         delay = media_time - self.position() - self.lead_s
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+class MediaClock:
+    """Session media time: starts at the first ``wait``; ``wait(t)`` returns at media time ``t``."""
+
+    def __init__(self, clock: Clock = monotonic):
+        self.clock = clock
+        self.t0: float | None = None
+
+    def now(self) -> float:
+        if self.t0 is None:
+            self.t0 = self.clock()
+        return self.clock() - self.t0
+
+    async def wait(self, media_t: float) -> float:
+        """Sleep until ``media_t``; returns how late (s) the caller is, >= 0."""
+        delay = media_t - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+            return 0.0
+        return -delay

@@ -3,11 +3,15 @@
     POST /v1/turns   body: audio/wav (a recorded utterance) or JSON {text | audio_wav_b64,
                      history, realtime}; answers application/x-ndjson, one event per line
                      (see docs/api.md)
-    GET  /v1/info    stages, avatar pack, limits
+    POST /v1/sessions        a live WebRTC session (WHIP-shaped; see docs/protocol.md)
+    DELETE /v1/sessions/{id} end it;  GET /v1/sessions: how many are live
+    GET  /v1/info    stages, avatar pack, limits, sessions
     GET  /v1/stages  each stage deployment's call counters
     GET  /healthz
 
 VAD runs here, beside the request, not as a deployment: a 32 ms chunk costs ~0.1 ms, a Ray hop more.
+Live sessions (peer connections, their VAD streams, the renderer that draws their frames) are held
+by this replica for now (signaling/); only face motion crosses Ray, never frames.
 """
 
 
@@ -15,7 +19,7 @@ import asyncio
 import json
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
@@ -30,6 +34,9 @@ from avatarchat.segmenter import find_speech
 from avatarchat.turn import Turn, TurnOptions
 from avatarchat.turn_request import TurnRequest, parse_turn_request
 from deployments.handle_ports import HandlePorts
+from signaling import routes as session_routes
+from signaling.service import SessionService
+from signaling.session import SessionDeps
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="avatar-chat", version="0.1.0")
@@ -70,6 +77,34 @@ class Gateway:
         self.ports = HandlePorts(asr, llm, tts, avatar)
         self.vad = create_backend(config.stage("vad"))
         self.recorder = Recorder(config.record_dir) if config.record_dir else None
+        self.sessions = SessionService(config.sessions, self._session_deps(config))
+
+    def _session_deps(self, config: ServiceConfig) -> SessionDeps:
+        from avatarchat.avatar.pack import AvatarPack
+        from avatarchat.avatar.renderer import PortraitRenderer
+
+        avatar = config.stage("avatar").options
+        renderer = PortraitRenderer(AvatarPack.load(getattr(avatar, "pack", "astronaut")))
+        return SessionDeps(ports=self.ports, vad=self.vad, renderer=renderer,
+                           fps=getattr(avatar, "fps", 25), limits=config.limits, pacing=config.pacing)
+
+    async def __del__(self):
+        # Serve calls this when the replica shuts down: end every live session cleanly.
+        sessions = getattr(self, "sessions", None)
+        if sessions is not None:
+            await sessions.close_all()
+
+    @api.post("/v1/sessions")
+    async def create_session(self, request: Request) -> Response:
+        return await session_routes.create_session(self.sessions, request, read_body)
+
+    @api.delete("/v1/sessions/{session_id}")
+    async def delete_session(self, session_id: str) -> Response:
+        return await session_routes.delete_session(self.sessions, session_id)
+
+    @api.get("/v1/sessions")
+    async def count_sessions(self) -> dict:
+        return session_routes.count_sessions(self.sessions)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -81,7 +116,8 @@ class Gateway:
         return {"avatar": avatar,
                 "stages": {name: s.backend for name, s in self.config.stages.items()},
                 "limits": self.config.limits.model_dump(),
-                "pacing": self.config.pacing.model_dump()}
+                "pacing": self.config.pacing.model_dump(),
+                "sessions": self.sessions.describe()}
 
     @api.get("/v1/stages")
     async def stages(self) -> dict:

@@ -1,0 +1,291 @@
+"""AvatarClient: a Python client that speaks the session protocol (docs/protocol.md).
+
+It plays a WAV file as its microphone in real time (then silence, as an open mic does), records what
+it receives (audio as numpy, video as arrival times plus small thumbnails and mouth-region crops, all
+events) and can type, interrupt and hang up. For tests and load tests::
+
+    client = AvatarClient("http://127.0.0.1:8000", host_addresses=["127.0.0.1"])
+    await client.connect()
+    client.say(samples, rate)           # or: client.send_text("What is your name?")
+    await client.wait_for_event(lambda e: e["type"] == "transcript" and e["role"] == "avatar"
+                                and e["final"])
+    await client.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from avatarchat.audio import read_wav, resample, to_pcm16
+
+RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms
+
+
+class Microphone(MediaStreamTrack):
+    """An audio track that plays queued samples in real time, 20 ms a frame, silence in between."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self._queue: deque[np.ndarray] = deque()
+        self._n = 0
+        self._t0: float | None = None
+
+    def play(self, samples: np.ndarray, sample_rate: int) -> float:
+        """Queue ``samples`` (mono float32) to be spoken; returns their duration in seconds."""
+        x = resample(np.asarray(samples, np.float32), sample_rate, RATE)
+        pad = (-len(x)) % FRAME_SAMPLES
+        x = np.concatenate([x, np.zeros(pad, np.float32)])
+        for i in range(0, len(x), FRAME_SAMPLES):
+            self._queue.append(x[i:i + FRAME_SAMPLES])
+        return len(x) / RATE
+
+    @property
+    def playing(self) -> bool:
+        return bool(self._queue)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        delay = self._t0 + self._n * FRAME_SAMPLES / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        samples = self._queue.popleft() if self._queue else np.zeros(FRAME_SAMPLES, np.float32)
+        frame = av.AudioFrame.from_ndarray(to_pcm16(samples).reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._n * FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._n += 1
+        return frame
+
+
+@dataclass
+class Received:
+    """What the client got. ``video_times`` are arrival times (client monotonic clock);
+    ``thumbnails`` 32x32 RGB per frame; ``mouth`` the mouth-box crop (luma) per frame when a box
+    was given."""
+
+    audio: list[np.ndarray] = field(default_factory=list)   # 48 kHz mono float32 pieces
+    audio_times: list[float] = field(default_factory=list)
+    video_times: list[float] = field(default_factory=list)
+    thumbnails: list[np.ndarray] = field(default_factory=list)
+    mouth: list[np.ndarray] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)
+
+    def audio_samples(self) -> np.ndarray:
+        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
+
+    def fps(self, since: float | None = None) -> float:
+        times = [t for t in self.video_times if since is None or t >= since]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
+class AvatarClient:
+    def __init__(self, server: str, *, host_addresses: list[str] | None = None,
+                 mouth_box: tuple[int, int, int, int] | None = None, keep_frames: int = 3000,
+                 timeout_s: float = 30.0, http_transport: httpx.AsyncBaseTransport | None = None):
+        self.server = server.rstrip("/")
+        self.host_addresses, self.mouth_box = host_addresses, mouth_box
+        self.keep_frames, self.timeout_s = keep_frames, timeout_s
+        self._http_transport = http_transport  # e.g. httpx.ASGITransport(app) in in-process tests
+        self.mic = Microphone()
+        self.received = Received()
+        self.location: str | None = None
+        self.connect_s: float | None = None
+        self.pc: RTCPeerConnection | None = None
+        self._channel = None
+        self._channel_open = asyncio.Event()
+        self._event_added = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- connecting ------------------------------------------------------------------------------
+    async def connect(self) -> "AvatarClient":
+        if self.host_addresses:
+            from signaling.service import use_host_addresses
+
+            use_host_addresses(self.host_addresses)
+        t0 = time.monotonic()
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTrack(self.mic)
+        pc.addTransceiver("video", direction="recvonly")
+        self._channel = pc.createDataChannel("events")
+        self._channel.on("open", self._channel_open.set)
+        self._channel.on("message", self._on_message)
+        pc.on("track", self._on_track)
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport) as http:
+            r = await http.post(f"{self.server}/v1/sessions", content=pc.localDescription.sdp,
+                                headers={"content-type": "application/sdp"})
+        if r.status_code != 201:
+            await pc.close()
+            raise SessionRefused(r.status_code, _reason(r), r.headers.get("retry-after"))
+        self.location = r.headers["location"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+        await asyncio.wait_for(self._channel_open.wait(), self.timeout_s)
+        self.connect_s = time.monotonic() - t0
+        return self
+
+    @property
+    def session_id(self) -> str | None:
+        return self.location.rsplit("/", 1)[-1] if self.location else None
+
+    def _on_track(self, track) -> None:
+        reader = self._read_audio if track.kind == "audio" else self._read_video
+        self._tasks.append(asyncio.get_running_loop().create_task(reader(track)))
+
+    async def _read_audio(self, track) -> None:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            for f in resampler.resample(frame):
+                self.received.audio.append(f.to_ndarray().reshape(-1).astype(np.float32))
+                self.received.audio_times.append(now)
+
+    async def _read_video(self, track) -> None:
+        r = self.received
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            r.video_times.append(time.monotonic())
+            if len(r.thumbnails) >= self.keep_frames:
+                continue
+            r.thumbnails.append(frame.reformat(width=32, height=32, format="rgb24").to_ndarray())
+            if self.mouth_box is not None:
+                x0, y0, x1, y1 = self.mouth_box
+                if frame.format.name == "yuv420p":  # the luma plane: no colour conversion
+                    r.mouth.append(frame.to_ndarray()[y0:y1, x0:x1].copy())
+                else:
+                    r.mouth.append(frame.to_ndarray(format="gray")[y0:y1, x0:x1].copy())
+
+    def _on_message(self, raw) -> None:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            event = {"type": "unparsed", "raw": str(raw)}
+        self.received.events.append(event)
+        self.received.event_times.append(time.monotonic())
+        self._event_added.set()
+
+    # -- talking ---------------------------------------------------------------------------------
+    def say(self, samples: np.ndarray, sample_rate: int) -> float:
+        """Speak ``samples`` into the microphone (real time); returns their duration."""
+        return self.mic.play(samples, sample_rate)
+
+    def say_wav(self, path) -> float:
+        samples, rate = read_wav(path)
+        return self.say(samples, rate)
+
+    def send(self, message: dict | str) -> None:
+        self._channel.send(message if isinstance(message, str) else json.dumps(message))
+
+    def send_text(self, text: str) -> None:
+        self.send({"type": "text", "text": text})
+
+    def interrupt(self) -> None:
+        self.send({"type": "interrupt"})
+
+    async def wait_for_event(self, predicate: Callable[[dict], bool], timeout_s: float = 60.0,
+                             start: int = 0) -> dict:
+        """The first event (from index ``start``) matching ``predicate``, waiting up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        seen = start
+        while True:
+            events = self.received.events
+            for event in events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching event in {timeout_s} s; got {events[start:][-10:]}")
+            self._event_added.clear()
+            try:
+                await asyncio.wait_for(self._event_added.wait(), left)
+            except TimeoutError:
+                pass
+
+    def events_of(self, kind: str, **match) -> list[dict]:
+        return [e for e in self.received.events
+                if e.get("type") == kind and all(e.get(k) == v for k, v in match.items())]
+
+    # -- hanging up --------------------------------------------------------------------------------
+    async def close(self) -> int | None:
+        """Hang up: DELETE the session, then close the peer connection. Returns DELETE's status."""
+        status = None
+        if self.location:
+            try:
+                async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport) as http:
+                    status = (await http.delete(f"{self.server}{self.location}")).status_code
+            except httpx.HTTPError:
+                pass
+        await self._stop()
+        return status
+
+    async def vanish(self) -> None:
+        """Disappear without hanging up, as a killed browser tab does: no DELETE, no DTLS or SCTP
+        goodbye; the UDP sockets just close."""
+        if self.pc is not None:
+            for transceiver in self.pc.getTransceivers():
+                transport = transceiver.sender.transport
+                ice = getattr(getattr(transport, "transport", None), "_connection", None)
+                for protocol in getattr(ice, "_protocols", []):
+                    if protocol.transport is not None:
+                        protocol.transport.close()
+            sctp = self.pc.sctp
+            ice = getattr(getattr(getattr(sctp, "transport", None), "transport", None), "_connection", None)
+            for protocol in getattr(ice, "_protocols", []):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+        self.mic.stop()
+        self.location = None
+        await self._stop()
+
+    async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.mic.stop()
+        if self.pc is not None:
+            try:
+                await asyncio.wait_for(self.pc.close(), 5)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class SessionRefused(Exception):
+    def __init__(self, status: int, reason: str, retry_after: str | None = None):
+        super().__init__(f"{status}: {reason}")
+        self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        return response.json().get("error", response.text)
+    except ValueError:
+        return response.text

@@ -1,0 +1,146 @@
+"""One session's media clock and reply buffer.
+
+Both outgoing tracks run off one ``MediaClock``: audio frame ``n`` (20 ms) is due at ``n * 0.02`` s
+and video frame ``k`` at ``k / fps`` s on the same clock. The reply's audio plays from a FIFO;
+whatever reply time is being heard at a moment decides which face-motion frame the video shows, so
+sound and mouth stay together even when the pipeline runs late (an underflow plays silence and holds
+the mouth; nothing drifts). With no reply queued the audio is silence and the face is
+``idle_motion`` on the session clock.
+
+Everything is bounded: at most ``max_buffer_s`` of reply audio and its frames are held; the turn
+already paces itself to ``lead_s`` ahead of real time, so the cap is only a safety net.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from avatarchat.messages import AvatarChunk, FaceMotion
+from avatarchat.audio import StreamResampler
+from avatarchat.pacing import Clock, MediaClock, monotonic
+
+OUT_RATE = 48000
+AUDIO_FRAME_S = 0.02
+AUDIO_FRAME_SAMPLES = int(OUT_RATE * AUDIO_FRAME_S)  # 960
+
+
+class Playout:
+    """The reply being played: audio FIFO at 48 kHz and its face-motion frames by reply frame index."""
+
+    def __init__(self, fps: int, idle_seed: int = 0, max_buffer_s: float = 30.0,
+                 clock: Clock = monotonic):
+        self.fps, self.idle_seed, self.max_buffer_s = fps, idle_seed, max_buffer_s
+        self.clock = MediaClock(clock)
+        self._audio: deque[np.ndarray] = deque()   # 48 kHz pieces, oldest first
+        self._queued = 0                            # samples in _audio
+        self._head_reply_t = 0.0                    # reply time of the FIFO's first sample
+        self._frames: dict[int, FaceMotion] = {}    # reply frame index -> motion
+        self._resampler: StreamResampler | None = None
+        self._heard: tuple[float, float] | None = None  # (media time, reply time) of the last audio frame
+        self._reply_open = False
+        self.generation = 0                         # bumped by every flush
+
+    # -- producer side (the session's turn task) -------------------------------------------
+    @property
+    def speaking(self) -> bool:
+        return self._queued > 0 or self._reply_open
+
+    @property
+    def queued_s(self) -> float:
+        return self._queued / OUT_RATE
+
+    def start_reply(self) -> int:
+        """Begin a new reply (dropping anything queued); returns its token for ``end_reply``."""
+        self.flush()
+        self._reply_open = True
+        return self.generation
+
+    def push(self, chunk: AvatarChunk) -> None:
+        audio = chunk.audio
+        if self._resampler is None or self._resampler.src_rate != audio.sample_rate:
+            self._resampler = StreamResampler(audio.sample_rate, OUT_RATE)
+        self._append(self._resampler.feed(audio.samples))
+        for i, motion in enumerate(chunk.frames):
+            self._frames[chunk.first_frame + i] = motion
+        # Safety net: never hold more than max_buffer_s (the turn's pacing keeps it near lead_s).
+        while self._queued > self.max_buffer_s * OUT_RATE and self._audio:
+            self._drop_head(len(self._audio[0]))
+
+    def end_reply(self, token: int | None = None) -> None:
+        """The reply's last chunk was pushed. A stale token (the reply was flushed since) is ignored."""
+        if token is not None and token != self.generation:
+            return
+        if self._resampler is not None:
+            self._append(self._resampler.flush())
+        self._resampler = None
+        self._reply_open = False
+
+    def flush(self) -> None:
+        """Drop everything queued (interrupt); the face goes back to idle at the next frame."""
+        self._audio.clear()
+        self._queued = 0
+        self._head_reply_t = 0.0
+        self._frames.clear()
+        self._resampler = None
+        self._heard = None
+        self._reply_open = False
+        self.generation += 1
+
+    def _append(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self._audio.append(samples)
+            self._queued += len(samples)
+
+    def _drop_head(self, n: int) -> np.ndarray:
+        out, need = [], n
+        while need and self._audio:
+            head = self._audio[0]
+            take = head[:need]
+            out.append(take)
+            if len(take) == len(head):
+                self._audio.popleft()
+            else:
+                self._audio[0] = head[need:]
+            need -= len(take)
+        got = n - need
+        self._queued -= got
+        self._head_reply_t += got / OUT_RATE
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    # -- consumer side (the tracks) ------------------------------------------------------------
+    def audio_frame(self, media_t: float) -> np.ndarray:
+        """The 20 ms of audio to play at ``media_t``: reply audio, padded with silence."""
+        if self._queued:
+            reply_t = self._head_reply_t
+            samples = self._drop_head(AUDIO_FRAME_SAMPLES)
+            self._heard = (media_t, reply_t)
+            if len(samples) < AUDIO_FRAME_SAMPLES:
+                samples = np.concatenate([samples, np.zeros(AUDIO_FRAME_SAMPLES - len(samples), np.float32)])
+            # frames the listener has heard past are no longer needed
+            done = int(reply_t * self.fps) - 1
+            for k in [k for k in self._frames if k < done]:
+                del self._frames[k]
+            return samples
+        if not self._reply_open:
+            self._heard = None
+        return np.zeros(AUDIO_FRAME_SAMPLES, np.float32)
+
+    def motion(self, media_t: float) -> tuple[FaceMotion, bool]:
+        """The face to show at ``media_t`` and whether it is a speaking frame."""
+        from avatarchat.avatar.motion import idle_motion
+
+        if self._heard is not None and self._frames:
+            heard_media, heard_reply = self._heard
+            reply_t = heard_reply + min(max(media_t - heard_media, 0.0), AUDIO_FRAME_S)
+            k = int(reply_t * self.fps + 1e-6)
+            motion = self._frames.get(k)
+            if motion is None and self._frames:
+                # the nearest frame we hold (an underflow holds the mouth where it was)
+                nearest = min(self._frames, key=lambda j: abs(j - k))
+                if abs(nearest - k) <= 2:
+                    motion = self._frames[nearest]
+            if motion is not None:
+                return motion, True
+        return idle_motion(media_t, self.idle_seed), False

@@ -1,0 +1,57 @@
+"""The HTTP side of sessions, in the shape of WHIP (RFC 9725), mounted on the Gateway's FastAPI app:
+
+    POST   /v1/sessions        Content-Type: application/sdp, the offer as body
+                               -> 201, the answer SDP as body, Location: /v1/sessions/{id}
+    DELETE /v1/sessions/{id}   -> 204 (404 when unknown)
+    GET    /v1/sessions        -> {"active_sessions": n, "max_sessions": m, "sessions": [counters]}
+
+Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.max_offer_bytes``,
+415 another content type, 503 + Retry-After when full, 404 unknown session.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from avatarchat.errors import BadInput
+from signaling.service import BadOffer, Full, SessionService
+
+SDP_TYPE = "application/sdp"
+
+
+def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+async def create_session(service: SessionService, request: Request, read_body) -> Response:
+    """``read_body(request, limit)`` is the gateway's size-checked body reader (raises BadInput)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != SDP_TYPE:
+        return _error(415, f"Content-Type must be {SDP_TYPE}, got {ctype or 'none'!r}")
+    try:
+        body = await read_body(request, service.options.max_offer_bytes)
+    except BadInput as err:
+        return _error(err.status, err.reason)
+    try:
+        offer = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(400, "the SDP offer is not UTF-8 text")
+    try:
+        session_id, answer = await service.create(offer)
+    except Full as err:
+        return _error(503, str(err), {"Retry-After": str(service.options.retry_after_s)})
+    except BadOffer as err:
+        return _error(400, str(err))
+    return Response(answer, status_code=201, media_type=SDP_TYPE,
+                    headers={"Location": f"/v1/sessions/{session_id}"})
+
+
+async def delete_session(service: SessionService, session_id: str) -> Response:
+    if not await service.end(session_id, "hung up"):
+        return _error(404, f"no session {session_id!r}")
+    return Response(status_code=204)
+
+
+def count_sessions(service: SessionService) -> dict:
+    return {**service.describe(), "sessions": service.stats()}

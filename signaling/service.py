@@ -1,0 +1,117 @@
+"""The sessions of one gateway: answers offers with new sessions, ends them, counts them.
+
+ICE: the server offers host candidates only, unless ``sessions.ice_servers`` lists STUN/TURN servers
+(nothing is asked of outside servers by default). ``sessions.host_addresses`` replaces aioice's
+choice of host addresses in this process; aioice leaves loopback out, so loopback-only tests set it
+to ``["127.0.0.1"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from avatarchat.config import Sessions as SessionOptions
+from signaling.session import Session, SessionDeps
+from signaling.sessions import Full, SessionRegistry, new_session_id
+
+log = logging.getLogger("ray.serve")
+
+
+class BadOffer(ValueError):
+    """The offer cannot be answered; ``str()`` is the reason."""
+
+
+def use_host_addresses(addresses: list[str]) -> None:
+    """Offer exactly ``addresses`` as ICE host candidates from this process (empty: aioice's own)."""
+    if addresses:
+        fixed = list(addresses)
+        aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: list(fixed)
+
+
+def ice_configuration(options: SessionOptions) -> RTCConfiguration:
+    servers = []
+    for s in options.ice_servers:
+        credential = os.environ.get(s.credential_env) if s.credential_env else None
+        if s.credential_env and credential is None:
+            log.warning("ICE server %s: environment variable %s is not set", s.urls, s.credential_env)
+        servers.append(RTCIceServer(urls=list(s.urls), username=s.username, credential=credential))
+    return RTCConfiguration(iceServers=servers)
+
+
+def check_offer(sdp: str) -> None:
+    """Cheap checks before aiortc sees the offer: an SDP offer with an audio section."""
+    lines = [line.strip() for line in sdp.splitlines() if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise BadOffer("not an SDP offer: it must start with 'v=0'")
+    if not any(line.startswith("m=audio") for line in lines):
+        raise BadOffer("the offer has no audio section: send one microphone track")
+
+
+class SessionService:
+    def __init__(self, options: SessionOptions, deps: SessionDeps):
+        self.options, self.deps = options, deps
+        self.registry = SessionRegistry(options, deps.clock)
+        self._seed = 0
+        use_host_addresses(options.host_addresses)
+
+    def __len__(self) -> int:
+        return len(self.registry)
+
+    async def create(self, offer_sdp: str) -> tuple[str, str]:
+        """Answer an offer: (session id, answer SDP with every candidate). Raises Full or BadOffer."""
+        check_offer(offer_sdp)
+        self.registry.reserve()  # raises Full
+        self.registry.start_reaper()
+        pc = RTCPeerConnection(ice_configuration(self.options))
+        session_id = new_session_id()
+        self._seed += 1
+        session = Session(session_id, pc, self.deps, seed=self._seed)
+        try:
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except Exception as err:  # noqa: BLE001 - aiortc raises several types for bad SDP
+                raise BadOffer(f"unusable SDP offer: {err}") from None
+            kinds = {t.kind for t in pc.getTransceivers()}
+            if "audio" not in kinds:
+                raise BadOffer("the offer has no audio section: send one microphone track")
+            pc.addTrack(session.audio_out)
+            if "video" in kinds:
+                pc.addTrack(session.video_out)
+            # aiortc gathers every candidate here: the answer is complete (no trickle ICE).
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            self.registry.release()
+            await session.close("offer refused")
+            raise
+        self.registry.add(session)
+        log.info("session %s created (%d/%d)", session_id, len(self.registry), self.options.max_sessions)
+        return session_id, pc.localDescription.sdp
+
+    async def end(self, session_id: str, reason: str = "hung up") -> bool:
+        return await self.registry.end(session_id, reason)
+
+    def describe(self) -> dict:
+        return {"active_sessions": len(self.registry), "max_sessions": self.options.max_sessions}
+
+    def stats(self) -> list[dict]:
+        """Per-session media counters, oldest session first (for tests and diagnosis). No user
+        content and no session ids: an id is what DELETE needs, so only its holder knows it."""
+        out = []
+        for sid in self.registry.ids():
+            s = self.registry.get(sid)
+            age = s.deps.clock() - (s.connected_at or s.created_at)
+            out.append({"state": s.state, "turns": s.turns, "age_s": round(age, 1),
+                        "video_frames_sent": s.video_out.frames_sent,
+                        "video_frames_skipped": s.video_out.frames_skipped,
+                        "tasks": s.active_tasks})
+        return out
+
+    async def close_all(self) -> None:
+        await self.registry.close_all()
+
+
+__all__ = ["BadOffer", "Full", "SessionService", "ice_configuration", "use_host_addresses"]

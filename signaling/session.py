@@ -1,0 +1,292 @@
+"""One live session: its peer connection, the tasks that serve it, its state and its history.
+
+    mic track -> 16 kHz mono -> this session's VAD stream -> SpeechSegmenter
+              -> on SpeechEnded: a Turn through the stage deployments, with this session's history
+    Turn events -> AvatarChunks into the Playout (the tracks play them), the rest as JSON on the
+                   ``events`` data channel (avatarchat.wire.encode)
+
+Barge-in: speech that starts while a turn runs cancels that turn at once (its queued audio and
+frames are dropped). If the cancelled turn had not started speaking yet (the user only paused), its
+utterance is kept and answered together with the next one, so a pause in a question does not split
+it; if it was speaking, the new utterance is answered on its own. A typed message while a turn runs
+replaces it; ``{"type": "interrupt"}`` only cancels. Each session's VAD state, history and playout
+are its own: sessions never hear each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from avatarchat import wire
+from avatarchat.avatar.renderer import PortraitRenderer
+from avatarchat.config import Limits, Pacing
+from avatarchat.events import ReplyDone, StateChanged, TurnFailed
+from avatarchat.messages import AudioChunk, AvatarChunk, ChatMessage, Transcript, TurnTimings
+from avatarchat.pacing import Clock, monotonic
+from avatarchat.ports import StagePorts
+from avatarchat.segmenter import SpeechEnded, SpeechStarted, segmenter_for
+from avatarchat.turn import Turn, TurnOptions
+from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
+from signaling.playout import Playout
+from signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+log = logging.getLogger("ray.serve")
+
+# Events sent before the data channel opens are kept (a few), then dropped oldest first.
+_PENDING_EVENTS = 64
+
+
+@dataclass
+class SessionDeps:
+    """What every session of one gateway shares: stage ports, the loaded VAD, the renderer."""
+
+    ports: StagePorts
+    vad: object               # a loaded VAD backend; each session takes its own new_stream()
+    renderer: PortraitRenderer
+    fps: int
+    limits: Limits
+    pacing: Pacing
+    clock: Clock = monotonic
+
+
+class Session:
+    def __init__(self, session_id: str, pc: RTCPeerConnection, deps: SessionDeps, seed: int = 0):
+        self.id, self.pc, self.deps = session_id, pc, deps
+        now = deps.clock()
+        self.created_at = self.last_input_at = now
+        self.connected_at: float | None = None
+        self.last_media_at: float | None = None
+        self.closed = False
+        self.state = "listening"
+        self.history: list[ChatMessage] = []
+        self.turns = 0
+        self.playout = Playout(deps.fps, idle_seed=seed, clock=deps.clock)
+        self.audio_out = AvatarAudioTrack(self.playout)
+        self.video_out = AvatarVideoTrack(self.playout, deps.renderer)
+        self._channel: RTCDataChannel | None = None
+        self._unsent: deque[str] = deque(maxlen=_PENDING_EVENTS)
+        self._tasks: set[asyncio.Task] = set()
+        self._turn: asyncio.Task | None = None
+        self._turn_input: AudioChunk | str | None = None
+        self._pending: AudioChunk | None = None   # an utterance whose turn the user talked over
+        self._seed = seed
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+
+    # -- peer connection events ----------------------------------------------------------------
+    def _on_track(self, track) -> None:
+        if track.kind == "audio" and not self.closed:
+            self._spawn(self._listen(track), "listen")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != "events":
+            return
+        self._channel = channel
+        channel.on("message", self._on_message)
+        if channel.readyState == "open":
+            self._on_channel_open()
+        else:
+            channel.on("open", self._on_channel_open)
+
+    def _on_channel_open(self) -> None:
+        while self._unsent and self._channel is not None:
+            self._channel.send(self._unsent.popleft())
+        self.send({"type": "state", "state": self.state})
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and self.connected_at is None:
+            self.connected_at = self.deps.clock()
+        elif state in ("failed", "closed"):
+            self.closed = True  # the registry's reaper ends it within its interval
+
+    def _on_message(self, raw) -> None:
+        try:
+            message = parse_client_message(raw, self.deps.limits.max_text_chars)
+        except BadMessage as err:
+            self.send({"type": "error", "stage": "input", "reason": str(err)})
+            return
+        if isinstance(message, Interrupt):
+            self.interrupt()
+        elif isinstance(message, TextInput):
+            self.submit(message.text)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send(self, event: dict) -> None:
+        text = json.dumps(event)
+        channel = self._channel
+        if channel is not None and channel.readyState == "open":
+            try:
+                channel.send(text)
+            except Exception:  # noqa: BLE001 - a closing channel; the reaper handles the session
+                pass
+        elif not self.closed:
+            self._unsent.append(text)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.send({"type": "state", "state": state})
+
+    # -- input -----------------------------------------------------------------------------------
+    async def _listen(self, track) -> None:
+        """Inbound mic audio -> 16 kHz mono -> VAD -> utterances -> turns."""
+        vad = self.deps.vad
+        stream = vad.new_stream()
+        segmenter = segmenter_for(vad, max_utterance_s=self.deps.limits.max_utterance_s)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=vad.sample_rate)
+        n = vad.chunk_samples
+        buf = np.zeros(0, np.float32)
+        while not self.closed:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.last_media_at = self.deps.clock()
+            parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            if not parts:
+                continue
+            buf = np.concatenate([buf, *parts]).astype(np.float32, copy=False)
+            while len(buf) >= n:
+                chunk, buf = buf[:n], buf[n:]
+                for event in segmenter.feed(stream.probability(chunk), chunk):
+                    if isinstance(event, SpeechStarted):
+                        self.last_input_at = self.deps.clock()
+                        self._barge_in()
+                    elif isinstance(event, SpeechEnded):
+                        audio = merge_utterances(self._pending, event.audio, self.deps.limits.max_utterance_s)
+                        self._pending = None
+                        self.submit(audio, speech_end=event.at_s)
+
+    def _barge_in(self) -> None:
+        """The user started speaking: stop the turn in progress (see the module docstring)."""
+        if self._turn is None or self._turn.done():
+            return
+        if isinstance(self._turn_input, AudioChunk) and self.state != "speaking":
+            self._pending = merge_utterances(self._pending, self._turn_input, self.deps.limits.max_utterance_s)
+        self.interrupt()
+
+    def submit(self, user: AudioChunk | str, speech_end: float | None = None) -> None:
+        """Answer ``user`` (an utterance or typed text), interrupting a reply still running."""
+        if self.closed:
+            return
+        self.last_input_at = self.deps.clock()
+        previous = self._turn
+        self._turn_input = user
+        self._turn = self._spawn(self._run_turn(user, speech_end, previous), "turn")
+
+    def interrupt(self) -> None:
+        """Cancel the current turn, drop its queued audio and frames, back to the idle face."""
+        if self._turn is not None and not self._turn.done():
+            self._turn.cancel()  # kept in self._turn: the next turn waits for it to finish
+        self._turn_input = None
+        self.playout.flush()
+        self._set_state("listening")
+
+    async def _run_turn(self, user, speech_end: float | None, previous: asyncio.Task | None) -> None:
+        if previous is not None and not previous.done():
+            previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
+        self.playout.flush()
+        limits, pacing = self.deps.limits, self.deps.pacing
+        turn = Turn(self.deps.ports, self.history,
+                    TurnOptions(lead_s=pacing.lead_s, realtime=True,
+                                max_history_messages=limits.max_history_messages, seed=self._seed))
+        turn.timings.speech_end_in_input = speech_end
+        self.turns += 1
+        events = turn.run(user)
+        user_text, reply = None, None
+        try:
+            async with asyncio.timeout(limits.turn_timeout_s):
+                async for event in events:
+                    if isinstance(event, AvatarChunk):
+                        if reply is None:
+                            reply = self.playout.start_reply()
+                        self.playout.push(event)
+                        continue
+                    if isinstance(event, StateChanged):
+                        self._set_state(event.state)
+                        continue
+                    if isinstance(event, Transcript):
+                        user_text = event.text
+                    elif isinstance(event, ReplyDone) and user_text:
+                        self._remember(user_text, event.text)
+                    elif isinstance(event, TurnTimings):
+                        event.extra["session_turn"] = float(self.turns)
+                    self.send(wire.encode(event))
+        except TimeoutError:
+            self.send(wire.encode(TurnFailed("turn", f"turn exceeded turn_timeout_s={limits.turn_timeout_s}")))
+        finally:
+            await events.aclose()
+            if reply is not None:
+                self.playout.end_reply(reply)
+            if not self.closed and asyncio.current_task() is self._turn:
+                self._set_state("listening")
+
+    def _remember(self, user_text: str, reply_text: str) -> None:
+        self.history += [ChatMessage("user", user_text), ChatMessage("assistant", reply_text)]
+        keep = self.deps.limits.max_history_messages
+        self.history = self.history[-keep:] if keep else []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=f"session-{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: task %s failed: %r", self.id, task.get_name(), task.exception())
+
+    @property
+    def active_tasks(self) -> int:
+        return len(self._tasks)
+
+    async def close(self, reason: str = "closed") -> None:
+        """End everything this session holds: its turn, tasks, tracks and peer connection."""
+        if getattr(self, "_closing", False):
+            return
+        self._closing = True
+        if self._channel is not None and self._channel.readyState == "open":
+            try:
+                self._channel.send(json.dumps({"type": "closed", "reason": reason}))
+            except Exception:  # noqa: BLE001
+                pass
+        self.closed = True
+        self.playout.flush()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.audio_out.stop()
+        self.video_out.stop()
+        try:
+            await asyncio.wait_for(self.pc.close(), 5)
+        except Exception as err:  # noqa: BLE001
+            log.warning("session %s: closing its peer connection: %r", self.id, err)
+
+
+def merge_utterances(first: AudioChunk | None, second: AudioChunk, max_s: float) -> AudioChunk:
+    """``second`` preceded by ``first`` (an earlier utterance of the same stream), without the part
+    they share (their pre- and post-roll may overlap); keeps at most the last ``max_s`` seconds."""
+    if first is None or len(first.samples) == 0:
+        return second
+    rate = second.sample_rate
+    overlap = max(0, int(round((first.end - second.start) * rate)))
+    samples = np.concatenate([first.samples, second.samples[overlap:]])
+    limit = int(max_s * rate)
+    if len(samples) > limit:
+        samples = samples[-limit:]
+    return AudioChunk(samples, rate, second.end - len(samples) / rate)
