@@ -5,6 +5,8 @@
                      (see docs/api.md)
     POST /v1/sessions        a live WebRTC session (WHIP-shaped; see docs/protocol.md)
     DELETE /v1/sessions/{id} end it;  GET /v1/sessions: how many are live
+    GET  /v1/ice     the ICE (STUN/TURN) servers a browser should use, passwords resolved here
+    GET  /           the web page (signaling/static/: plain HTML + JS + CSS); /static/{name}
     GET  /v1/info    stages, avatar pack, limits, sessions
     GET  /v1/stages  each stage deployment's call counters
     GET  /healthz
@@ -35,7 +37,8 @@ from avatarchat.turn import Turn, TurnOptions
 from avatarchat.turn_request import TurnRequest, parse_turn_request
 from deployments.handle_ports import HandlePorts
 from signaling import routes as session_routes
-from signaling.service import SessionService
+from signaling import web
+from signaling.service import SessionService, ice_servers
 from signaling.session import SessionDeps
 
 log = logging.getLogger("ray.serve")
@@ -105,6 +108,19 @@ class Gateway:
     @api.get("/v1/sessions")
     async def count_sessions(self) -> dict:
         return session_routes.count_sessions(self.sessions)
+
+    @api.get("/v1/ice")
+    async def ice(self) -> dict:
+        """ICE servers for the browser's RTCPeerConnection ([] by default: host candidates only)."""
+        return {"iceServers": ice_servers(self.config.sessions)}
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        return web.index()
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        return web.static_file(name)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

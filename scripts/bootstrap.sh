@@ -7,6 +7,7 @@ VENV=${AVATAR_CHAT_VENV:-.venv}
 PY=${PYTHON:-python3}
 stamp_key=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.bootstrap-$stamp_key"
+
 if [ -f "$stamp" ]; then exit 0; fi
 
 echo "[bootstrap] creating $VENV and installing (first run builds llama-cpp-python: ~5 min on 2 cores)" >&2

@@ -5,6 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# Chromium for the browser test (tests/cluster/test_browser.py): Debian's package, needed by the
+# tests only (the service never needs it). Playwright never downloads a browser.
+if [ "${AVATAR_CHAT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[test] installing chromium with apt (for the browser test)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "[test] apt-get install chromium failed: the browser test will fail" >&2
+  else
+    echo "[test] chromium is missing and this is not root with apt: install it (apt-get install" \
+         "chromium) or set AVATAR_CHAT_SKIP_BROWSER=1; the browser test fails without it" >&2
+  fi
+fi
+
 VENV=${AVATAR_CHAT_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH" PYTHONUNBUFFERED=1
 cmd=(python -m pytest -p no:cacheprovider -ra "$@")

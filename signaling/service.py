@@ -32,14 +32,28 @@ def use_host_addresses(addresses: list[str]) -> None:
         aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: list(fixed)
 
 
-def ice_configuration(options: SessionOptions) -> RTCConfiguration:
+def ice_servers(options: SessionOptions) -> list[dict]:
+    """``sessions.ice_servers`` with each TURN password read from its environment variable, in
+    the shape of the browser's RTCIceServer (``urls``, ``username``, ``credential``). Only resolved
+    values leave this function: never the names of environment variables."""
     servers = []
     for s in options.ice_servers:
         credential = os.environ.get(s.credential_env) if s.credential_env else None
         if s.credential_env and credential is None:
             log.warning("ICE server %s: environment variable %s is not set", s.urls, s.credential_env)
-        servers.append(RTCIceServer(urls=list(s.urls), username=s.username, credential=credential))
-    return RTCConfiguration(iceServers=servers)
+        server: dict = {"urls": list(s.urls)}
+        if s.username is not None:
+            server["username"] = s.username
+        if credential is not None:
+            server["credential"] = credential
+        servers.append(server)
+    return servers
+
+
+def ice_configuration(options: SessionOptions) -> RTCConfiguration:
+    return RTCConfiguration(iceServers=[
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in ice_servers(options)])
 
 
 def check_offer(sdp: str) -> None:
@@ -114,4 +128,4 @@ class SessionService:
         await self.registry.close_all()
 
 
-__all__ = ["BadOffer", "Full", "SessionService", "ice_configuration", "use_host_addresses"]
+__all__ = ["BadOffer", "Full", "SessionService", "ice_configuration", "ice_servers", "use_host_addresses"]

@@ -5,7 +5,7 @@ import pytest
 
 from avatarchat.config import parse_config
 from avatarchat.errors import ConfigError
-from signaling.service import BadOffer, check_offer, ice_configuration, use_host_addresses
+from signaling.service import BadOffer, check_offer, ice_configuration, ice_servers, use_host_addresses
 
 
 def test_defaults_are_private_and_bounded():
@@ -27,6 +27,18 @@ def test_turn_password_comes_from_the_environment(monkeypatch):
         {"urls": ["stun:stun.example.org:3478"]}]}})
     turn, stun = ice_configuration(cfg.sessions).iceServers
     assert turn.credential == "s3cret" and turn.username == "u" and stun.credential is None
+
+
+def test_browser_ice_servers_carry_resolved_passwords_never_variable_names(monkeypatch):
+    monkeypatch.setenv("TURN_PW", "s3cret")
+    cfg = parse_config({"sessions": {"ice_servers": [
+        {"urls": ["turn:turn.example.org:3478"], "username": "u", "credential_env": "TURN_PW"},
+        {"urls": ["stun:stun.example.org:3478"]}]}})
+    assert ice_servers(cfg.sessions) == [
+        {"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "s3cret"},
+        {"urls": ["stun:stun.example.org:3478"]}]
+    assert "TURN_PW" not in repr(ice_servers(cfg.sessions))
+    assert ice_servers(parse_config({}).sessions) == []
 
 
 def test_host_addresses_replace_aioices_choice(monkeypatch):
