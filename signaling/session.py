@@ -241,6 +241,8 @@ class Session:
     # -- lifecycle -------------------------------------------------------------------------------
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=f"session-{self.id}-{name}")
+        if self.closed:  # a track or event arriving while the session closes starts nothing
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -266,10 +268,13 @@ class Session:
                 pass
         self.closed = True
         self.playout.flush()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Until none is left: a task being cancelled may still have spawned another (a late track).
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
         self.audio_out.stop()
         self.video_out.stop()
         try:

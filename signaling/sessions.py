@@ -76,10 +76,14 @@ class SessionRegistry:
         self._sessions.pop(session_id, None)
 
     async def end(self, session_id: str, reason: str) -> bool:
-        session = self._sessions.pop(session_id, None)
+        session = self._sessions.get(session_id)
         if session is None:
             return False
-        await session.close(reason)
+        # Counted until its close has finished: the count says what the server still holds.
+        try:
+            await session.close(reason)
+        finally:
+            self._sessions.pop(session_id, None)
         return True
 
     # -- timeouts ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ SCRIPTED_ARGS = {
     "stages": {"asr": {"backend": "scripted", "text": "What is your name?"},
                "llm": {"backend": "scripted", "reply": "My name is Ava. You asked: {user}"},
                "tts": {"backend": "scripted"},
-               "avatar": {"backend": "scripted", "delay_s": 0.02}},
+               "avatar": {"backend": "scripted", "delay_s": 0.2}},  # still producing at hang-up
     "pacing": {"realtime": False},
 }
 
