@@ -96,9 +96,11 @@ def rms_db(samples: np.ndarray) -> float:
 
 
 class StreamResampler:
-    """Streaming mono float32 resampler (libswresample keeps state across chunks: no seams)."""
+    """Streaming resampler to mono float32 at ``dst_rate`` (libswresample keeps state across chunks:
+    no seams). ``feed`` takes float32 samples at ``src_rate``; ``feed_frame`` takes any decoded
+    audio frame (format, layout and rate read from the frame)."""
 
-    def __init__(self, src_rate: int, dst_rate: int):
+    def __init__(self, dst_rate: int, src_rate: int | None = None):
         self.src_rate, self.dst_rate = src_rate, dst_rate
         self._r = av.AudioResampler(format="flt", layout="mono", rate=dst_rate)
         self._pts = 0
@@ -111,6 +113,9 @@ class StreamResampler:
         frame.sample_rate = self.src_rate
         frame.pts = self._pts
         self._pts += len(samples)
+        return self._collect(self._r.resample(frame))
+
+    def feed_frame(self, frame: av.AudioFrame) -> np.ndarray:
         return self._collect(self._r.resample(frame))
 
     def flush(self) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from avatarchat.audio import read_wav, resample, to_pcm16
+from avatarchat.audio import StreamResampler, read_wav, resample, to_pcm16
 
 RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms
@@ -153,16 +153,16 @@ class AvatarClient:
         self._tasks.append(asyncio.get_running_loop().create_task(reader(track)))
 
     async def _read_audio(self, track) -> None:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        resampler = StreamResampler(RATE)
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            now = time.monotonic()
-            for f in resampler.resample(frame):
-                self.received.audio.append(f.to_ndarray().reshape(-1).astype(np.float32))
-                self.received.audio_times.append(now)
+            samples = resampler.feed_frame(frame)
+            if len(samples):
+                self.received.audio.append(samples)
+                self.received.audio_times.append(time.monotonic())
 
     async def _read_video(self, track) -> None:
         r = self.received

@@ -60,7 +60,7 @@ class Playout:
     def push(self, chunk: AvatarChunk) -> None:
         audio = chunk.audio
         if self._resampler is None or self._resampler.src_rate != audio.sample_rate:
-            self._resampler = StreamResampler(audio.sample_rate, OUT_RATE)
+            self._resampler = StreamResampler(OUT_RATE, audio.sample_rate)
         self._append(self._resampler.feed(audio.samples))
         for i, motion in enumerate(chunk.frames):
             self._frames[chunk.first_frame + i] = motion

@@ -89,9 +89,8 @@ class SessionService:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except Exception as err:  # noqa: BLE001 - aiortc raises several types for bad SDP
                 raise BadOffer(f"unusable SDP offer: {err}") from None
+            # check_offer made sure of an m=audio section, so there is an audio transceiver
             kinds = {t.kind for t in pc.getTransceivers()}
-            if "audio" not in kinds:
-                raise BadOffer("the offer has no audio section: send one microphone track")
             pc.addTrack(session.audio_out)
             if "video" in kinds:
                 pc.addTrack(session.video_out)

@@ -21,12 +21,12 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-import av
 import numpy as np
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from avatarchat import wire
+from avatarchat.audio import StreamResampler
 from avatarchat.avatar.renderer import PortraitRenderer
 from avatarchat.config import Limits, Pacing
 from avatarchat.events import ReplyDone, StateChanged, TurnFailed
@@ -144,7 +144,7 @@ class Session:
         vad = self.deps.vad
         stream = vad.new_stream()
         segmenter = segmenter_for(vad, max_utterance_s=self.deps.limits.max_utterance_s)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=vad.sample_rate)
+        resampler = StreamResampler(vad.sample_rate)
         n = vad.chunk_samples
         buf = np.zeros(0, np.float32)
         while not self.closed:
@@ -153,10 +153,10 @@ class Session:
             except MediaStreamError:
                 return
             self.last_media_at = self.deps.clock()
-            parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-            if not parts:
+            samples = resampler.feed_frame(frame)
+            if not len(samples):
                 continue
-            buf = np.concatenate([buf, *parts]).astype(np.float32, copy=False)
+            buf = np.concatenate([buf, samples])
             while len(buf) >= n:
                 chunk, buf = buf[:n], buf[n:]
                 for event in segmenter.feed(stream.probability(chunk), chunk):
