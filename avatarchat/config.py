@@ -2,7 +2,8 @@
 
 The configuration is the ``args`` block of an application in a Serve config file
 (``serve_config.yaml``). Every error names the source, the dotted key and, where there is a fixed
-set, the allowed values. ``python -m avatarchat.config serve_config.yaml`` checks a file by hand.
+set, the allowed values. ``python -m avatarchat.config serve_config.yaml`` checks a file by hand,
+including its ``http_options`` (HTTPS certificate and key, see avatarchat/http_options.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avatarchat import registry
 from avatarchat.errors import ConfigError
+from avatarchat.http_options import check_http_options
 
 
 class Options(BaseModel):
@@ -174,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_serve_config(argv[0], argv[1] if len(argv) > 1 else None)
+        _, warnings = check_http_options(argv[0], yaml.safe_load(Path(argv[0]).read_text()))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 1
+    for warning in warnings:
+        print(f"config warning: {argv[0]}: {warning}", file=sys.stderr)
     for name, stage in cfg.stages.items():
         print(f"{name:7s} {stage.backend:15s} {stage.options.model_dump(mode='json')}")
     return 0

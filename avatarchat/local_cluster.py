@@ -1,7 +1,7 @@
 """A local loopback Ray cluster running `serve run CONFIG`, as a user would start it: for tests,
 benchmarks and load tests.
 
-Ray's token auth is turned off for this loopback-only test cluster (see docs/operations.md for a
+Ray's token auth is turned off for this loopback-only test cluster (see docs/deployment.md for a
 reachable cluster, where it stays on).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -30,25 +31,32 @@ def free_port() -> int:
 
 
 class ServeCluster:
-    def __init__(self, config: Path | dict, num_cpus: int | None = None, num_gpus: int | None = None):
+    def __init__(self, config: Path | dict, num_cpus: int | None = None, num_gpus: int | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.workdir = Path(tempfile.mkdtemp(prefix="avatar-chat-cluster-"))
         doc = config if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
         self.http_port = free_port()
         doc.setdefault("http_options", {}).update({"host": "127.0.0.1", "port": self.http_port})
+        self.certfile: str | None = doc["http_options"].get("ssl_certfile")  # HTTPS when set
         self.config_path = self.workdir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(doc))
         self.gcs_port = free_port()
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}",
                     "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                    "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+                    "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **(extra_env or {})}
         self.serve_log = self.workdir / "serve_run.log"
         self.serve_proc: subprocess.Popen | None = None
         self.ray_proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.certfile else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client passes as ``verify`` to trust this service (its own certificate)."""
+        return ssl.create_default_context(cafile=self.certfile) if self.certfile else True
 
     def start_ray(self, timeout_s: float = 120) -> None:
         # A blocking head in its own process group: stop() ends exactly this cluster, never
@@ -93,7 +101,7 @@ class ServeCluster:
             if self.serve_proc.poll() is not None:
                 raise RuntimeError(f"serve run exited ({self.serve_proc.returncode}):\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -10,7 +10,7 @@ bash scripts/bootstrap.sh
 VENV=${AVATAR_CHAT_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH" RAY_USAGE_STATS_ENABLED=0
 config=${1:-serve_config.yaml}
-python -m avatarchat.config "$config" >/dev/null   # a bad config fails here, naming file and key
+python -m avatarchat.config "$config" >/dev/null   # a bad config or cert/key fails here, naming file and key
 
 own_ray=0
 if [ -z "${RAY_ADDRESS:-}" ]; then
@@ -33,8 +33,8 @@ stop() {
 }
 trap 'stop; exit 130' INT TERM
 if python -m deployments.startup_check --timeout "${AVATAR_CHAT_START_TIMEOUT:-900}"; then
-  port=$(python -c "import yaml,sys; print((yaml.safe_load(open(sys.argv[1])).get('http_options') or {}).get('port', 8000))" "$config")
-  echo "[serve] open http://127.0.0.1:$port/ ; Ray dashboard: http://127.0.0.1:8265/" >&2
+  url=$(python -c "import yaml,sys; o=yaml.safe_load(open(sys.argv[1])).get('http_options') or {}; print(('https' if o.get('ssl_certfile') else 'http') + '://127.0.0.1:' + str(o.get('port', 8000)) + '/')" "$config")
+  echo "[serve] open $url ; Ray dashboard: http://127.0.0.1:8265/" >&2
   wait "$serve_pid"
 else
   stop

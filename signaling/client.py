@@ -5,6 +5,7 @@ it receives (audio as numpy, video as arrival times plus small thumbnails and mo
 events) and can type, interrupt and hang up. For tests and load tests::
 
     client = AvatarClient("http://127.0.0.1:8000", host_addresses=["127.0.0.1"])
+    # over HTTPS with a self-signed certificate: AvatarClient("https://...", verify="certs/cert.pem")
     await client.connect()
     client.say(samples, rate)           # or: client.send_text("What is your name?")
     await client.wait_for_event(lambda e: e["type"] == "transcript" and e["role"] == "avatar"
@@ -17,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -102,8 +105,11 @@ class Received:
 class AvatarClient:
     def __init__(self, server: str, *, host_addresses: list[str] | None = None,
                  mouth_box: tuple[int, int, int, int] | None = None, keep_frames: int = 3000,
-                 timeout_s: float = 30.0, http_transport: httpx.AsyncBaseTransport | None = None):
+                 timeout_s: float = 30.0, http_transport: httpx.AsyncBaseTransport | None = None,
+                 verify: bool | str | os.PathLike = True):
         self.server = server.rstrip("/")
+        # True (the system's CAs), False, or a CA/certificate file to trust (a self-signed HTTPS server)
+        self.verify = verify if isinstance(verify, bool) else ssl.create_default_context(cafile=str(verify))
         self.host_addresses, self.mouth_box = host_addresses, mouth_box
         self.keep_frames, self.timeout_s = keep_frames, timeout_s
         self._http_transport = http_transport  # e.g. httpx.ASGITransport(app) in in-process tests
@@ -116,6 +122,9 @@ class AvatarClient:
         self._channel_open = asyncio.Event()
         self._event_added = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+
+    def _http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport, verify=self.verify)
 
     # -- connecting ------------------------------------------------------------------------------
     async def connect(self) -> "AvatarClient":
@@ -132,7 +141,7 @@ class AvatarClient:
         self._channel.on("message", self._on_message)
         pc.on("track", self._on_track)
         await pc.setLocalDescription(await pc.createOffer())
-        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport) as http:
+        async with self._http() as http:
             r = await http.post(f"{self.server}/v1/sessions", content=pc.localDescription.sdp,
                                 headers={"content-type": "application/sdp"})
         if r.status_code != 201:
@@ -239,7 +248,7 @@ class AvatarClient:
         status = None
         if self.location:
             try:
-                async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport) as http:
+                async with self._http() as http:
                     status = (await http.delete(f"{self.server}{self.location}")).status_code
             except httpx.HTTPError:
                 pass

@@ -4,6 +4,7 @@
     avatar-chat turn --text "What is your name?" --out reply.mp4
     avatar-chat speak "What is your name?" question.wav     (make a test utterance, offline)
     avatar-chat info
+    avatar-chat cert --host 192.168.1.20 --out certs/   (a self-signed HTTPS certificate for a LAN)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from avatarchat.client import cert
 from avatarchat.client.turn_client import TurnClient, TurnError
 
 
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     speak.add_argument("out", help="WAV file to write")
     speak.set_defaults(func=cmd_speak)
     sub.add_parser("info", help="show the service's stages and avatar").set_defaults(func=cmd_info)
+    cert.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -5,6 +5,7 @@
 //   events in: state, transcripts (user final; avatar deltas, then final), timings, error, closed
 //   events out: {"type": "text", "text": ...}, {"type": "interrupt"}
 //   DELETE Location on Stop and when the page goes away (fetch keepalive; sendBeacon cannot DELETE)
+//   no microphone API (plain http off localhost): say so, and run text-only with a silent track
 "use strict";
 
 (() => {
@@ -155,11 +156,28 @@
   }
 
   // -- starting ----------------------------------------------------------------------------------
+  // Browsers offer the microphone only to secure pages: HTTPS, or http://localhost on this machine.
+  const NEEDS_HTTPS = "The microphone needs HTTPS: browsers give it to a page only over https:// or on "
+    + "http://localhost / http://127.0.0.1 on this machine. Serve this site over HTTPS (see "
+    + "docs/deployment.md, \u201cHTTPS on a LAN\u201d), or open it on the server itself.";
+  const noMicrophoneApi = () => !window.isSecureContext || !navigator.mediaDevices
+    || !navigator.mediaDevices.getUserMedia;
+
+  // A silent audio track in place of a microphone, so a session (and the text box) still works.
+  function silentMicrophone() {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    const ctx = new Ctx();
+    const out = ctx.createMediaStreamDestination();
+    const zero = ctx.createConstantSource();
+    zero.offset.value = 0;
+    zero.connect(out);
+    zero.start();
+    ctx.resume().catch(() => {});
+    return {stream: out.stream, ctx};
+  }
+
   function microphoneProblem(err) {
-    if (!window.isSecureContext || !navigator.mediaDevices) {
-      return "The microphone needs a secure page: open this site over HTTPS (or as http://localhost / "
-        + "http://127.0.0.1 on this machine).";
-    }
+    if (noMicrophoneApi()) return NEEDS_HTTPS;
     switch (err && err.name) {
       case "NotAllowedError":
       case "SecurityError":
@@ -218,18 +236,20 @@
     clearNotice();
     setControls("connecting");
     setState("connecting");
-    let mic;
+    let mic, audioContext = null;
+    const textOnly = noMicrophoneApi();
     try {
-      if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("no mediaDevices");
-      mic = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+      if (textOnly) ({stream: mic, ctx: audioContext} = silentMicrophone());
+      else mic = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
     } catch (err) {
       showNotice("no-microphone", microphoneProblem(err));
       setControls("off");
       setState("off");
       return;
     }
-    const s = session = {mic, pc: null, channel: null, location: null, ended: false, avatarLine: null,
-                         userPartial: null, ignoreDeltas: false, closedReason: null};
+    if (textOnly) showNotice("needs-https", `${NEEDS_HTTPS} Typing works: this session is text-only.`);
+    const s = session = {mic, audioContext, textOnly, pc: null, channel: null, location: null, ended: false,
+                         avatarLine: null, userPartial: null, ignoreDeltas: false, closedReason: null};
     try {
       const pc = s.pc = new RTCPeerConnection({iceServers: await iceServers()});
       if (s.ended) return;
@@ -297,6 +317,7 @@
     channel.addEventListener("open", () => {
       if (s.ended) return;
       setControls("live");
+      if (s.textOnly) ui.mute.disabled = true;  // nothing to mute
       ui.text.focus();
     });
     channel.addEventListener("message", (e) => {
@@ -329,6 +350,7 @@
     try { if (s.channel) s.channel.close(); } catch (_) { /* closing anyway */ }
     try { if (s.pc) s.pc.close(); } catch (_) { /* closing anyway */ }
     for (const track of s.mic.getTracks()) track.stop();
+    if (s.audioContext) s.audioContext.close().catch(() => {});
     ui.video.srcObject = null;
     ui.placeholder.hidden = false;
     if (session === s) session = null;
@@ -366,6 +388,9 @@
     if (ui.notice.dataset.reason === "autoplay") clearNotice();
   }).catch(() => {}));
   window.addEventListener("pagehide", () => { if (session) hangUp(session); });
+  if (noMicrophoneApi()) {
+    showNotice("needs-https", `${NEEDS_HTTPS} You can still type: press Start for a text-only conversation.`);
+  }
 
   // For debugging in the console (and for the browser test): the live peer connection and events.
   window.avatarChat = {
