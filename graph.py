@@ -21,8 +21,8 @@ from deployments.tts import TTSDeployment
 
 def build_app(args: dict) -> Application:
     config = parse_config(args, source="Serve config applications[].args")
-    asr = ASRDeployment.bind(config.stage("asr"))
-    llm = LLMDeployment.bind(config.stage("llm"))
-    tts = TTSDeployment.bind(config.stage("tts"))
-    avatar = AvatarDeployment.bind(config.stage("avatar"))
+    asr = ASRDeployment.bind(config.stage("asr"), config.priority)
+    llm = LLMDeployment.bind(config.stage("llm"), config.priority)
+    tts = TTSDeployment.bind(config.stage("tts"), config.priority)
+    avatar = AvatarDeployment.bind(config.stage("avatar"), config.priority)
     return Gateway.bind(config, asr, llm, tts, avatar)

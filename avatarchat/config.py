@@ -73,6 +73,10 @@ class Sessions(Options):
                                                           "(it vanished without hanging up) is ended")
     connect_timeout_s: float = Field(15.0, gt=0, description="a session not connected this long after the offer is ended")
     max_offer_bytes: int = Field(20_000, gt=0, description="largest accepted SDP offer (413 above it)")
+    max_messages_per_s: float = Field(5.0, gt=0, description="data-channel messages a session may send per "
+                                                           "second on average; more are answered with an error")
+    message_burst: int = Field(10, gt=0, description="data-channel messages accepted at once before the "
+                                                   "per-second limit applies")
     retry_after_s: int = Field(5, gt=0, description="the Retry-After a full server answers with")
     ice_servers: list[IceServer] = Field(
         default_factory=list, description="STUN/TURN servers; empty: host candidates only, nothing is "
@@ -83,11 +87,36 @@ class Sessions(Options):
                                           "for loopback-only tests")
 
 
+class Interruption(Options):
+    """Talking over the avatar (signaling/barge_in.py): it goes quiet at the first voiced chunk and
+    its reply is cancelled once the voice has lasted ``min_speech_ms``; a shorter sound (a cough, a
+    click) only pauses it, and it goes on once the sound has stopped for ``resume_after_ms``."""
+
+    min_speech_ms: float = Field(300.0, ge=0.0, le=5000.0, description="voice over the avatar needed to "
+                                 "interrupt its reply")
+    resume_after_ms: float = Field(200.0, gt=0.0, le=5000.0, description="quiet after a shorter sound before "
+                                   "the paused reply goes on")
+
+
+class Priority(Options):
+    """CPU priority (Unix nice values) of the service's processes: the Gateway's live media before
+    the model stages, so every session keeps 25 fps when the CPU is short (see avatarchat/priority.py)."""
+
+    media_niceness: int = Field(0, ge=-20, le=19, description="nice value the Gateway replica (which "
+                                "encodes the sessions' audio and video) asks for; going below Ray's worker "
+                                "niceness (15 unless RAY_worker_niceness is set) needs root or CAP_SYS_NICE, "
+                                "else it stays and logs a warning")
+    stage_niceness: int = Field(10, ge=0, le=19, description="model stage replicas add this to their nice "
+                                "value (capped at 19) so live media wins the CPU from them; 0 leaves them")
+
+
 class ServiceConfig(Options):
     stages: dict[str, StageConfig]
     limits: Limits = Limits()
     pacing: Pacing = Pacing()
     sessions: Sessions = Sessions()
+    interruption: Interruption = Interruption()
+    priority: Priority = Priority()
     record_dir: Path | None = Field(
         None, description="write each user's utterance and transcript here; off (None) by default")
 

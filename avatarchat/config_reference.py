@@ -10,7 +10,7 @@ import sys
 from pydantic import BaseModel
 
 from avatarchat import registry
-from avatarchat.config import IceServer, Limits, Pacing, ServiceConfig, Sessions
+from avatarchat.config import IceServer, Interruption, Limits, Pacing, Priority, ServiceConfig, Sessions
 
 HEADER = """# Configuration reference
 
@@ -60,7 +60,9 @@ def render() -> str:
         out.append(f"- `{name}` (default {_default(f)}): {f.description}")
     out += ["", "## limits", "", *_table(Limits), "", "## pacing", "", *_table(Pacing), "",
             "## sessions", "", (Sessions.__doc__ or "").strip(), "", *_table(Sessions), "",
-            "Each entry of `ice_servers`:", "", *_table(IceServer), "", "## stages", ""]
+            "Each entry of `ice_servers`:", "", *_table(IceServer), "",
+            "## interruption", "", (Interruption.__doc__ or "").strip(), "", *_table(Interruption), "",
+            "## priority", "", (Priority.__doc__ or "").strip(), "", *_table(Priority), "", "## stages", ""]
     for stage in registry.STAGES:
         out += [f"### {stage}", "",
                 f"Default backend: `{registry.DEFAULT_BACKENDS[stage]}`. "

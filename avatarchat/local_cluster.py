@@ -41,13 +41,17 @@ class ServeCluster:
         self.config_path = self.workdir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(doc))
         self.gcs_port = free_port()
+        self.metrics_port = free_port()  # Prometheus text at http://127.0.0.1:PORT/metrics
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}",
                     "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    # as scripts/serve.sh starts Ray: workers at nice 0, not 15 (avatarchat/priority.py)
+                    "RAY_worker_niceness": "0",
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **(extra_env or {})}
         self.serve_log = self.workdir / "serve_run.log"
         self.serve_proc: subprocess.Popen | None = None
         self.ray_proc: subprocess.Popen | None = None
+        self.side_proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -63,6 +67,7 @@ class ServeCluster:
         # another Ray cluster on the machine (`ray stop` would stop them all).
         cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                f"--port={self.gcs_port}", "--include-dashboard=false", "--disable-usage-stats",
+               f"--metrics-export-port={self.metrics_port}",
                f"--temp-dir={self.workdir / 'ray'}"]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
@@ -123,8 +128,30 @@ class ServeCluster:
         self.wait_ready()
         return self
 
+    def start_side_sessions(self, timeout_s: float = 120) -> str:
+        """Start signaling/standalone.py (the sessions in a plain process beside Ray) on this
+        cluster; returns its URL. stop() ends it."""
+        port = free_port()
+        log_path = self.workdir / "side_sessions.log"
+        self.side_proc = subprocess.Popen(
+            [sys.executable, "-m", "signaling.standalone", str(self.config_path), "--port", str(port)],
+            env=self.env, cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.side_proc.poll() is not None:
+                raise RuntimeError(f"side session server exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"side session server not up after {timeout_s} s")
+
     def stop(self) -> None:
-        for proc in (self.serve_proc, self.ray_proc):
+        for proc in (self.side_proc, self.serve_proc, self.ray_proc):
             if proc is None or proc.poll() is not None:
                 continue
             os.killpg(proc.pid, signal.SIGTERM)  # serve run ignores SIGINT in the background

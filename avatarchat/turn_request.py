@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from avatarchat.audio import decode_wav
 from avatarchat.config import Limits
 from avatarchat.errors import BadInput
+from avatarchat.http_io import media_type
 from avatarchat.messages import AudioChunk, ChatMessage
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
@@ -27,12 +28,12 @@ class TurnRequest:
 
 def parse_turn_request(content_type: str, body: bytes, limits: Limits,
                        realtime: bool | None = None) -> TurnRequest:
-    media_type = (content_type or "").split(";")[0].strip().lower()
+    kind = media_type(content_type)
     if len(body) > limits.max_upload_bytes:
         raise BadInput(f"body of {len(body)} bytes is over the limit of {limits.max_upload_bytes}", 413)
-    if media_type in WAV_TYPES:
+    if kind in WAV_TYPES:
         return TurnRequest(audio=_audio(body, limits), text=None, realtime=realtime)
-    if media_type == "application/json":
+    if kind == "application/json":
         return _from_json(body, limits, realtime)
     raise BadInput(f"unsupported Content-Type {content_type!r}; send audio/wav or application/json", 415)
 

@@ -22,15 +22,17 @@ import json
 import logging
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from ray import serve
 
 from avatarchat import wire
 from avatarchat.backends.base import create_backend
 from avatarchat.config import ServiceConfig
 from avatarchat.errors import BadInput
+from avatarchat.http_io import json_error, read_body
 from avatarchat.events import ReplyDone, TurnFailed
 from avatarchat.messages import AudioChunk, Transcript
+from avatarchat.priority import ask_for_priority
 from avatarchat.recording import Recorder
 from avatarchat.segmenter import find_speech
 from avatarchat.turn import Turn, TurnOptions
@@ -38,31 +40,13 @@ from avatarchat.turn_request import TurnRequest, parse_turn_request
 from deployments.handle_ports import HandlePorts
 from signaling import routes as session_routes
 from signaling import web
-from signaling.service import SessionService, ice_servers
-from signaling.session import SessionDeps
+from signaling.service import SessionService, ice_servers, session_deps
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="avatar-chat", version="0.1.0")
 
 # Audio kept before the first and after the last detected speech, so words are not clipped.
 _SPEECH_MARGIN_S = 0.25
-
-
-def error_response(err: BadInput) -> JSONResponse:
-    return JSONResponse({"error": err.reason}, status_code=err.status)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(f"body of {declared} bytes is over the limit of {limit}", 413)
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise BadInput(f"body is over the limit of {limit} bytes", 413)
-    return bytes(body)
 
 
 @serve.deployment(
@@ -75,21 +59,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 @serve.ingress(api)
 class Gateway:
     def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):
+        ask_for_priority(config.priority.media_niceness, "Gateway (live media)")
         self.config = config
         self.handles = {"asr": asr, "llm": llm, "tts": tts, "avatar": avatar}
         self.ports = HandlePorts(asr, llm, tts, avatar)
         self.vad = create_backend(config.stage("vad"))
         self.recorder = Recorder(config.record_dir) if config.record_dir else None
-        self.sessions = SessionService(config.sessions, self._session_deps(config))
-
-    def _session_deps(self, config: ServiceConfig) -> SessionDeps:
-        from avatarchat.avatar.pack import AvatarPack
-        from avatarchat.avatar.renderer import PortraitRenderer
-
-        avatar = config.stage("avatar").options
-        renderer = PortraitRenderer(AvatarPack.load(getattr(avatar, "pack", "astronaut")))
-        return SessionDeps(ports=self.ports, vad=self.vad, renderer=renderer,
-                           fps=getattr(avatar, "fps", 25), limits=config.limits, pacing=config.pacing)
+        self.sessions = SessionService(config.sessions, session_deps(config, self.ports, self.vad))
 
     async def __del__(self):
         # Serve calls this when the replica shuts down: end every live session cleanly.
@@ -99,7 +75,7 @@ class Gateway:
 
     @api.post("/v1/sessions")
     async def create_session(self, request: Request) -> Response:
-        return await session_routes.create_session(self.sessions, request, read_body)
+        return await session_routes.create_session(self.sessions, request)
 
     @api.delete("/v1/sessions/{session_id}")
     async def delete_session(self, session_id: str) -> Response:
@@ -155,7 +131,7 @@ class Gateway:
                 None if realtime is None else realtime.lower() in ("1", "true", "yes"))
             user, speech_end = await self._user_input(parsed)
         except BadInput as err:
-            return error_response(err)
+            return json_error(err.status, err.reason)
         lines = (json.dumps(event) + "\n" async for event in self._events(parsed, user, speech_end))
         return StreamingResponse(lines, media_type="application/x-ndjson")
 

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
 from avatarchat.backends.base import create_backend
-from avatarchat.config import StageConfig
+from avatarchat.config import Priority, StageConfig
+from avatarchat.priority import lower_priority
 
 log = logging.getLogger("ray.serve")
 
@@ -30,7 +31,9 @@ class CallStats:
 class StageDeployment:
     """Base of the stage deployments: holds the loaded backend and the call counters."""
 
-    def __init__(self, config: StageConfig):
+    def __init__(self, config: StageConfig, priority: Priority = Priority()):
+        # Before the backend starts its threads, so they inherit the lower priority.
+        lower_priority(priority.stage_niceness, f"stage {config.stage}")
         # create_backend raises StageLoadError naming the stage; Serve then reports the deployment
         # as failed and `serve run` exits, instead of serving a half-working graph.
         self.backend = create_backend(config)

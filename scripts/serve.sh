@@ -20,7 +20,12 @@ if [ -z "${RAY_ADDRESS:-}" ]; then
     ray get-auth-token --generate >/dev/null
   fi
   [ -f "$HOME/.ray/auth_token" ] && chmod 600 "$HOME/.ray/auth_token"   # Ray writes it world-readable
-  ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null
+  # Workers at nice 0 instead of Ray's 15: the Gateway's live media then outranks everything
+  # else on the box, and the model stages lower their own priority (avatarchat/priority.py).
+  export RAY_worker_niceness=${RAY_worker_niceness:-0}
+  # Prometheus text (Serve's metrics and avatar_chat_*) on a fixed port (docs/deployment.md)
+  ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
+    --metrics-export-port="${AVATAR_CHAT_METRICS_PORT:-8090}" >/dev/null
   export RAY_ADDRESS=auto   # the head may register under the host's address, not 127.0.0.1
   own_ray=1
 fi
@@ -35,6 +40,7 @@ trap 'stop; exit 130' INT TERM
 if python -m deployments.startup_check --timeout "${AVATAR_CHAT_START_TIMEOUT:-900}"; then
   url=$(python -c "import yaml,sys; o=yaml.safe_load(open(sys.argv[1])).get('http_options') or {}; print(('https' if o.get('ssl_certfile') else 'http') + '://127.0.0.1:' + str(o.get('port', 8000)) + '/')" "$config")
   echo "[serve] open $url ; Ray dashboard: http://127.0.0.1:8265/" >&2
+  [ "$own_ray" = 1 ] && echo "[serve] Prometheus metrics: http://127.0.0.1:${AVATAR_CHAT_METRICS_PORT:-8090}/metrics" >&2
   wait "$serve_pid"
 else
   stop

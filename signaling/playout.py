@@ -40,6 +40,10 @@ class Playout:
         self._resampler: StreamResampler | None = None
         self._heard: tuple[float, float] | None = None  # (media time, reply time) of the last audio frame
         self._reply_open = False
+        self._sentences: dict[int, list] = {}        # sentence -> [reply start, reply end, text]
+        self.held = False                           # paused while the user may be talking over it
+        self.silent_since: float | None = None      # when the first silent frame of a hold left
+        self.first_audio_at: float | None = None    # when this reply's first audio left (clock time)
         self.generation = 0                         # bumped by every flush
 
     # -- producer side (the session's turn task) -------------------------------------------
@@ -64,6 +68,8 @@ class Playout:
         self._append(self._resampler.feed(audio.samples))
         for i, motion in enumerate(chunk.frames):
             self._frames[chunk.first_frame + i] = motion
+        span = self._sentences.setdefault(chunk.sentence, [audio.start, audio.end, chunk.text])
+        span[1] = max(span[1], audio.end)
         # Safety net: never hold more than max_buffer_s (the turn's pacing keeps it near lead_s).
         while self._queued > self.max_buffer_s * OUT_RATE and self._audio:
             self._drop_head(len(self._audio[0]))
@@ -77,9 +83,32 @@ class Playout:
         self._resampler = None
         self._reply_open = False
 
+    def hold(self) -> None:
+        """Pause: silence and the idle face until ``release`` (nothing queued is lost)."""
+        if not self.held:
+            self.held, self.silent_since = True, None
+
+    def release(self) -> None:
+        self.held = False
+
+    def heard_text(self) -> str:
+        """The part of the reply played so far: whole sentences, and of the sentence being played
+        the share of its words that its played audio covers."""
+        heard, words = self._head_reply_t, []
+        for _, (start, end, text) in sorted(self._sentences.items()):
+            if start >= heard:
+                break
+            parts = text.split()
+            share = 1.0 if end <= heard else (heard - start) / max(end - start, 1e-6)
+            words += parts[:round(len(parts) * share)]
+        return " ".join(words)
+
     def flush(self) -> None:
         """Drop everything queued (interrupt); the face goes back to idle at the next frame."""
         self._audio.clear()
+        self._sentences.clear()
+        self.held = False
+        self.first_audio_at = None
         self._queued = 0
         self._head_reply_t = 0.0
         self._frames.clear()
@@ -112,7 +141,11 @@ class Playout:
     # -- consumer side (the tracks) ------------------------------------------------------------
     def audio_frame(self, media_t: float) -> np.ndarray:
         """The 20 ms of audio to play at ``media_t``: reply audio, padded with silence."""
-        if self._queued:
+        if self.held and self.silent_since is None:
+            self.silent_since = self.clock.clock()
+        if self._queued and not self.held:
+            if self.first_audio_at is None:
+                self.first_audio_at = self.clock.clock()
             reply_t = self._head_reply_t
             samples = self._drop_head(AUDIO_FRAME_SAMPLES)
             self._heard = (media_t, reply_t)
@@ -131,7 +164,7 @@ class Playout:
         """The face to show at ``media_t`` and whether it is a speaking frame."""
         from avatarchat.avatar.motion import idle_motion
 
-        if self._heard is not None and self._frames:
+        if self._heard is not None and self._frames and not self.held:
             heard_media, heard_reply = self._heard
             reply_t = heard_reply + min(max(media_t - heard_media, 0.0), AUDIO_FRAME_S)
             k = int(reply_t * self.fps + 1e-6)

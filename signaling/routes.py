@@ -12,21 +12,16 @@ Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.ma
 from __future__ import annotations
 
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
 
 from avatarchat.errors import BadInput
+from avatarchat.http_io import json_error as _error, media_type, read_body
 from signaling.service import BadOffer, Full, SessionService
 
 SDP_TYPE = "application/sdp"
 
 
-def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status, headers=headers)
-
-
-async def create_session(service: SessionService, request: Request, read_body) -> Response:
-    """``read_body(request, limit)`` is the gateway's size-checked body reader (raises BadInput)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def create_session(service: SessionService, request: Request) -> Response:
+    ctype = media_type(request.headers.get("content-type"))
     if ctype != SDP_TYPE:
         return _error(415, f"Content-Type must be {SDP_TYPE}, got {ctype or 'none'!r}")
     try:

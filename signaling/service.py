@@ -14,7 +14,9 @@ import os
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from avatarchat.config import Sessions as SessionOptions
+from avatarchat.config import ServiceConfig, Sessions as SessionOptions
+from avatarchat.metrics import session_metrics
+from avatarchat.ports import StagePorts
 from signaling.session import Session, SessionDeps
 from signaling.sessions import Full, SessionRegistry, new_session_id
 
@@ -65,10 +67,22 @@ def check_offer(sdp: str) -> None:
         raise BadOffer("the offer has no audio section: send one microphone track")
 
 
+def session_deps(config: ServiceConfig, ports: StagePorts, vad) -> SessionDeps:
+    """What the sessions of one server share: stage ports, the loaded VAD and the renderer."""
+    from avatarchat.avatar.pack import AvatarPack
+    from avatarchat.avatar.renderer import PortraitRenderer
+
+    avatar = config.stage("avatar").options
+    renderer = PortraitRenderer(AvatarPack.load(getattr(avatar, "pack", "astronaut")))
+    return SessionDeps(ports=ports, vad=vad, renderer=renderer, fps=getattr(avatar, "fps", 25),
+                       limits=config.limits, pacing=config.pacing, sessions=config.sessions,
+                       interruption=config.interruption, metrics=session_metrics())
+
+
 class SessionService:
     def __init__(self, options: SessionOptions, deps: SessionDeps):
         self.options, self.deps = options, deps
-        self.registry = SessionRegistry(options, deps.clock)
+        self.registry = SessionRegistry(options, deps.clock, on_count=deps.metrics.active_sessions)
         self._seed = 0
         use_host_addresses(options.host_addresses)
 
@@ -127,4 +141,5 @@ class SessionService:
         await self.registry.close_all()
 
 
-__all__ = ["BadOffer", "Full", "SessionService", "ice_configuration", "ice_servers", "use_host_addresses"]
+__all__ = ["BadOffer", "Full", "SessionService", "ice_configuration", "ice_servers", "session_deps",
+           "use_host_addresses"]

@@ -5,11 +5,13 @@
     Turn events -> AvatarChunks into the Playout (the tracks play them), the rest as JSON on the
                    ``events`` data channel (avatarchat.wire.encode)
 
-Barge-in: speech that starts while a turn runs cancels that turn at once (its queued audio and
-frames are dropped). If the cancelled turn had not started speaking yet (the user only paused), its
-utterance is kept and answered together with the next one, so a pause in a question does not split
-it; if it was speaking, the new utterance is answered on its own. A typed message while a turn runs
-replaces it; ``{"type": "interrupt"}`` only cancels. Each session's VAD state, history and playout
+Barge-in: speech that starts while a turn is still thinking cancels it, and its utterance is
+answered together with the next one, so a pause in a question does not split it. Voice while the
+avatar speaks pauses it at the first voiced chunk and, once it has lasted
+``interruption.min_speech_ms``, cancels the reply (its queued audio and frames are dropped) and the
+new utterance is answered on its own; a shorter sound only pauses it (signaling/barge_in.py). The
+history keeps only the part of an interrupted reply the user heard. A typed message while a turn
+runs replaces it; ``{"type": "interrupt"}`` only cancels. Each session's VAD state, history and playout
 are its own: sessions never hear each other.
 """
 
@@ -28,13 +30,16 @@ from aiortc.mediastreams import MediaStreamError
 from avatarchat import wire
 from avatarchat.audio import StreamResampler
 from avatarchat.avatar.renderer import PortraitRenderer
-from avatarchat.config import Limits, Pacing
+from avatarchat.config import Interruption, Limits, Pacing, Sessions
 from avatarchat.events import ReplyDone, StateChanged, TurnFailed
+from avatarchat.metrics import NoMetrics, SessionMetrics
 from avatarchat.messages import AudioChunk, AvatarChunk, ChatMessage, Transcript, TurnTimings
 from avatarchat.pacing import Clock, monotonic
+from avatarchat.rate_limit import TokenBucket
 from avatarchat.ports import StagePorts
 from avatarchat.segmenter import SpeechEnded, SpeechStarted, segmenter_for
 from avatarchat.turn import Turn, TurnOptions
+from signaling.barge_in import BargeIn, BargeInDetector
 from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
 from signaling.playout import Playout
 from signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -55,6 +60,9 @@ class SessionDeps:
     fps: int
     limits: Limits
     pacing: Pacing
+    sessions: Sessions = Sessions()
+    interruption: Interruption = Interruption()
+    metrics: SessionMetrics | NoMetrics = NoMetrics()
     clock: Clock = monotonic
 
 
@@ -78,7 +86,18 @@ class Session:
         self._turn: asyncio.Task | None = None
         self._turn_input: AudioChunk | str | None = None
         self._pending: AudioChunk | None = None   # an utterance whose turn the user talked over
+        self._reply_user: str | None = None       # the question of the reply being played
+        self._reply_remembered = False            # its full text is in the history already
+        ivl = deps.interruption
+        self._talk_over = BargeInDetector(
+            chunk_s=deps.vad.chunk_samples / deps.vad.sample_rate,
+            threshold=getattr(deps.vad.options, "threshold", 0.5),
+            neg_threshold=getattr(deps.vad.options, "neg_threshold", 0.35),
+            min_speech_s=ivl.min_speech_ms / 1000, resume_after_s=ivl.resume_after_ms / 1000)
+        self._talk_over_onset: float | None = None  # clock time the voice over the avatar began
         self._seed = seed
+        self._message_budget = TokenBucket(deps.sessions.max_messages_per_s, deps.sessions.message_burst,
+                                           deps.clock)
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
@@ -111,13 +130,18 @@ class Session:
             self.closed = True  # the registry's reaper ends it within its interval
 
     def _on_message(self, raw) -> None:
+        if not self._message_budget.allow():
+            limit = self.deps.sessions.max_messages_per_s
+            self.send({"type": "error", "stage": "input",
+                       "reason": f"too many messages: at most {limit:g} a second; this one was dropped"})
+            return
         try:
             message = parse_client_message(raw, self.deps.limits.max_text_chars)
         except BadMessage as err:
             self.send({"type": "error", "stage": "input", "reason": str(err)})
             return
         if isinstance(message, Interrupt):
-            self.interrupt()
+            self.interrupt("message")
         elif isinstance(message, TextInput):
             self.submit(message.text)
 
@@ -146,6 +170,7 @@ class Session:
         segmenter = segmenter_for(vad, max_utterance_s=self.deps.limits.max_utterance_s)
         resampler = StreamResampler(vad.sample_rate)
         n = vad.chunk_samples
+        fed = 0  # samples given to the VAD: the stream's own timeline
         buf = np.zeros(0, np.float32)
         while not self.closed:
             try:
@@ -159,44 +184,92 @@ class Session:
             buf = np.concatenate([buf, samples])
             while len(buf) >= n:
                 chunk, buf = buf[:n], buf[n:]
-                for event in segmenter.feed(stream.probability(chunk), chunk):
+                fed += n
+                probability = stream.probability(chunk)
+                self._watch_talk_over(probability)
+                for event in segmenter.feed(probability, chunk):
                     if isinstance(event, SpeechStarted):
                         self.last_input_at = self.deps.clock()
-                        self._barge_in()
+                        if not self.playout.speaking:
+                            self._barge_in()  # a pause mid-question: answer both parts together
                     elif isinstance(event, SpeechEnded):
+                        if self.playout.speaking:
+                            continue  # too short to interrupt the avatar (_watch_talk_over): a noise
+                        # how long after the speech ended the decision came, and when it ended
+                        waited = fed / vad.sample_rate - event.at_s
                         audio = merge_utterances(self._pending, event.audio, self.deps.limits.max_utterance_s)
                         self._pending = None
-                        self.submit(audio, speech_end=event.at_s)
+                        self.submit(audio, speech_end=event.at_s,
+                                    ended_at=self.deps.clock() - waited, decision_s=waited)
+
+    def _watch_talk_over(self, probability: float) -> None:
+        """Voice while the avatar speaks pauses it at once and interrupts it after
+        ``interruption.min_speech_ms``; a shorter sound lets it go on (signaling/barge_in.py)."""
+        if not self.playout.speaking:
+            self._talk_over.reset()
+            return
+        action = self._talk_over.feed(probability)
+        if action is BargeIn.PAUSE:
+            self._talk_over_onset = self.deps.clock() - self._talk_over.chunk_s
+            self.playout.hold()
+        elif action is BargeIn.RESUME:
+            self.playout.release()
+        elif action is BargeIn.INTERRUPT:
+            self._interrupted("voice")
+            self._barge_in()
+
+    def _interrupted(self, cause: str) -> None:
+        """Tell the client how fast the avatar went quiet, and what of the reply it had heard."""
+        silent_at, onset = self.playout.silent_since, self._talk_over_onset
+        event = {"type": "interruption", "cause": cause, "heard_text": self.playout.heard_text()}
+        if cause == "voice" and silent_at is not None and onset is not None:
+            event["speech_onset_to_silence"] = round(max(silent_at - onset, 0.0), 4)
+            self.deps.metrics.interruption(event["speech_onset_to_silence"])
+        self.send(event)
 
     def _barge_in(self) -> None:
-        """The user started speaking: stop the turn in progress (see the module docstring)."""
-        if self._turn is None or self._turn.done():
+        """The user started speaking (see the module docstring): stop the turn in progress, or
+        the end of a reply still playing."""
+        running = self._turn is not None and not self._turn.done()
+        if not running and not self.playout.speaking:
             return
-        if isinstance(self._turn_input, AudioChunk) and self.state != "speaking":
+        if running and isinstance(self._turn_input, AudioChunk) and self.state != "speaking":
             self._pending = merge_utterances(self._pending, self._turn_input, self.deps.limits.max_utterance_s)
         self.interrupt()
 
-    def submit(self, user: AudioChunk | str, speech_end: float | None = None) -> None:
-        """Answer ``user`` (an utterance or typed text), interrupting a reply still running."""
+    def submit(self, user: AudioChunk | str, speech_end: float | None = None,
+               ended_at: float | None = None, decision_s: float | None = None) -> None:
+        """Answer ``user`` (an utterance or typed text), interrupting a reply still running.
+        ``ended_at``: clock time the user's speech ended; ``decision_s``: how long after that the
+        end of the turn was decided."""
         if self.closed:
             return
         self.last_input_at = self.deps.clock()
         previous = self._turn
         self._turn_input = user
-        self._turn = self._spawn(self._run_turn(user, speech_end, previous), "turn")
+        started = TurnClock(ended_at if ended_at is not None else self.deps.clock(), decision_s,
+                            spoken=isinstance(user, AudioChunk))
+        self._turn = self._spawn(self._run_turn(user, speech_end, previous, started), "turn")
 
-    def interrupt(self) -> None:
-        """Cancel the current turn, drop its queued audio and frames, back to the idle face."""
+    def interrupt(self, cause: str | None = None) -> None:
+        """Cancel the current turn, drop its queued audio and frames, back to the idle face.
+        ``cause`` ("message") also tells the client, as a voice interruption does."""
+        if cause is not None and self.playout.speaking:
+            self._interrupted(cause)
         if self._turn is not None and not self._turn.done():
             self._turn.cancel()  # kept in self._turn: the next turn waits for it to finish
         self._turn_input = None
+        self._keep_what_was_heard()
         self.playout.flush()
+        self._talk_over.reset()
         self._set_state("listening")
 
-    async def _run_turn(self, user, speech_end: float | None, previous: asyncio.Task | None) -> None:
+    async def _run_turn(self, user, speech_end: float | None, previous: asyncio.Task | None,
+                        started: "TurnClock") -> None:
         if previous is not None and not previous.done():
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
+        self._keep_what_was_heard()
         self.playout.flush()
         limits, pacing = self.deps.limits, self.deps.pacing
         turn = Turn(self.deps.ports, self.history,
@@ -218,11 +291,17 @@ class Session:
                         self._set_state(event.state)
                         continue
                     if isinstance(event, Transcript):
-                        user_text = event.text
+                        user_text = self._reply_user = event.text or None
                     elif isinstance(event, ReplyDone) and user_text:
                         self._remember(user_text, event.text)
+                        self._reply_remembered = True
                     elif isinstance(event, TurnTimings):
                         event.extra["session_turn"] = float(self.turns)
+                        event.extra.update(started.measures(self.playout.first_audio_at))
+                        encoded = wire.encode(event)
+                        self.deps.metrics.turn(encoded)
+                        self.send(encoded)
+                        continue
                     self.send(wire.encode(event))
         except TimeoutError:
             self.send(wire.encode(TurnFailed("turn", f"turn exceeded turn_timeout_s={limits.turn_timeout_s}")))
@@ -232,6 +311,18 @@ class Session:
                 self.playout.end_reply(reply)
             if not self.closed and asyncio.current_task() is self._turn:
                 self._set_state("listening")
+
+    def _keep_what_was_heard(self) -> None:
+        """Before a reply is dropped: the history keeps only the part of it the user heard."""
+        user, remembered = self._reply_user, self._reply_remembered
+        self._reply_user, self._reply_remembered = None, False
+        if user is None:
+            return
+        heard = self.playout.heard_text()
+        if remembered and self.history and self.history[-1].role == "assistant":
+            self.history = self.history[:-1] + [ChatMessage("assistant", heard)] if heard else self.history[:-2]
+        elif not remembered and heard:
+            self._remember(user, heard)
 
     def _remember(self, user_text: str, reply_text: str) -> None:
         self.history += [ChatMessage("user", user_text), ChatMessage("assistant", reply_text)]
@@ -277,10 +368,29 @@ class Session:
             self._tasks.difference_update(tasks)
         self.audio_out.stop()
         self.video_out.stop()
+        self.deps.metrics.frames_skipped(self.video_out.frames_skipped)
         try:
             await asyncio.wait_for(self.pc.close(), 5)
         except Exception as err:  # noqa: BLE001
             log.warning("session %s: closing its peer connection: %r", self.id, err)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnClock:
+    """When a turn's input ended (clock time), for the per-turn measures sent with its timings."""
+
+    ended_at: float
+    decision_s: float | None
+    spoken: bool
+
+    def measures(self, first_audio_at: float | None) -> dict[str, float]:
+        out = {}
+        if self.decision_s is not None:
+            out["end_of_turn_decision"] = self.decision_s
+        if first_audio_at is not None:
+            # end of the user's speech (or the typed message's arrival) -> first reply audio sent
+            out["voice_to_voice" if self.spoken else "text_to_voice"] = first_audio_at - self.ended_at
+        return out
 
 
 def merge_utterances(first: AudioChunk | None, second: AudioChunk, max_s: float) -> AudioChunk:

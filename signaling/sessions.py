@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Protocol
 
 from avatarchat.config import Sessions as SessionOptions
@@ -39,8 +40,9 @@ def new_session_id() -> str:
 
 
 class SessionRegistry:
-    def __init__(self, options: SessionOptions, clock: Clock = monotonic):
-        self.options, self.clock = options, clock
+    def __init__(self, options: SessionOptions, clock: Clock = monotonic,
+                 on_count: Callable[[int], None] | None = None):
+        self.options, self.clock, self._on_count = options, clock, on_count
         self._sessions: dict[str, Reapable] = {}
         self._reserved = 0
         self._reaper: asyncio.Task | None = None
@@ -71,6 +73,11 @@ class SessionRegistry:
         """Add a session whose place was reserved."""
         self.release()
         self._sessions[session.id] = session
+        self._counted()
+
+    def _counted(self) -> None:
+        if self._on_count is not None:
+            self._on_count(len(self._sessions))
 
     def discard(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
@@ -84,6 +91,7 @@ class SessionRegistry:
             await session.close(reason)
         finally:
             self._sessions.pop(session_id, None)
+            self._counted()
         return True
 
     # -- timeouts ---------------------------------------------------------------------------

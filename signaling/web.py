@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
+
+from avatarchat.http_io import json_error
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -18,14 +20,14 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
-def _files() -> dict[str, Path]:
-    return {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _TYPES}
+# Listed once: only these files are ever served, whatever name a request asks for.
+_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _TYPES}
 
 
 def static_file(name: str) -> Response:
-    path = _files().get(name)
+    path = _FILES.get(name)
     if path is None:
-        return JSONResponse({"error": f"no static file {name!r}"}, status_code=404)
+        return json_error(404, f"no static file {name!r}")
     return FileResponse(path, media_type=_TYPES[path.suffix], headers=_HEADERS)
 
 

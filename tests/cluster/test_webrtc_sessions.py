@@ -174,3 +174,39 @@ async def test_a_client_that_vanishes_mid_reply_is_reaped_within_10_s(service):
                 break
             await asyncio.sleep(0.2)
         assert all(s["active"] == 0 for s in stages.values()), stages
+
+
+async def test_the_session_server_also_runs_as_a_plain_process_beside_ray(service):
+    """signaling/standalone.py: the measured alternative placement (docs/architecture.md), on the
+    same cluster, calling the same stage deployments by handle."""
+    url = await asyncio.to_thread(service.start_side_sessions)
+    client = AvatarClient(url, host_addresses=LOOPBACK)
+    await client.connect()
+    try:
+        client.send_text("What is your name?")
+        done = await client.wait_for_event(is_reply_done, 90)
+        assert len(done["text"].split()) >= 2
+    finally:
+        assert await client.close() == 204
+
+
+async def test_turn_measures_reach_prometheus_through_ray_metrics(service):
+    client = new_client(service)
+    await client.connect()
+    try:
+        client.send_text("What is your name?")
+        timings = await client.wait_for_event(lambda e: e["type"] == "timings", 90)
+        for key in ("llm_first_token", "tts_first_audio", "avatar_first_frame", "text_to_voice"):
+            assert timings[key] >= 0, (key, timings)
+    finally:
+        await client.close()
+    # Ray's metrics agent exports every few seconds
+    text, deadline = "", time.monotonic() + 60
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            text = (await http.get(f"http://127.0.0.1:{service.metrics_port}/metrics")).text
+            if 'avatar_chat_turn_seconds_bucket' in text and 'measure="text_to_voice"' in text:
+                break
+            await asyncio.sleep(2)
+    assert 'avatar_chat_turn_seconds_bucket' in text and 'measure="llm_first_token"' in text, text[-2000:]
+    assert "avatar_chat_active_sessions" in text

@@ -9,15 +9,12 @@ import pytest
 from fastapi import FastAPI, Request
 
 from avatarchat.avatar.pack import AvatarPack
-from avatarchat.avatar.renderer import PortraitRenderer
 from avatarchat.backends.base import create_backend
 from avatarchat.config import parse_config
 from avatarchat.ports import LocalPorts
-from deployments.gateway import read_body
 from signaling import routes
 from signaling.client import AvatarClient, SessionRefused
-from signaling.service import SessionService
-from signaling.session import SessionDeps
+from signaling.service import SessionService, session_deps
 from tests.helpers import sound_to_mouth_lag
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,22 +22,20 @@ pytestmark = pytest.mark.timeout(120)
 LOOPBACK = ["127.0.0.1"]
 
 
-def make_app(**sessions):
+def make_app(llm: dict | None = None, asr: dict | None = None, **sessions):
     cfg = parse_config({
-        "stages": {"asr": {"backend": "scripted"}, "llm": {"backend": "scripted"},
+        "stages": {"asr": {"backend": "scripted", **(asr or {})}, "llm": {"backend": "scripted", **(llm or {})},
                    "tts": {"backend": "scripted"}, "avatar": {"backend": "portrait"},
                    "vad": {"backend": "silero"}},
         "sessions": {"host_addresses": LOOPBACK, "max_sessions": 2, **sessions}})
     backends = {s: create_backend(cfg.stage(s)) for s in ("asr", "llm", "tts", "avatar")}
-    deps = SessionDeps(ports=LocalPorts(**backends), vad=create_backend(cfg.stage("vad")),
-                       renderer=PortraitRenderer(AvatarPack.load("astronaut")), fps=25,
-                       limits=cfg.limits, pacing=cfg.pacing)
+    deps = session_deps(cfg, LocalPorts(**backends), create_backend(cfg.stage("vad")))
     service = SessionService(cfg.sessions, deps)
     app = FastAPI()
 
     @app.post("/v1/sessions")
     async def create(request: Request):
-        return await routes.create_session(service, request, read_body)
+        return await routes.create_session(service, request)
 
     @app.delete("/v1/sessions/{sid}")
     async def delete(sid: str):
@@ -138,3 +133,133 @@ async def test_sound_and_mouth_arrive_together():
     assert corr > 0.5 and abs(lag) <= 0.08, (lag, corr)
     await client.close()
     await service.close_all()
+
+
+async def test_a_flood_of_messages_is_refused_past_the_limit_and_the_session_carries_on():
+    app, service = make_app(max_messages_per_s=2.0, message_burst=5)
+    client = client_for(app)
+    await client.connect()
+    try:
+        for _ in range(25):
+            client.interrupt()
+        await client.wait_for_event(lambda e: e["type"] == "error" and "too many messages" in e["reason"], 10)
+        await asyncio.sleep(0.5)
+        refused = [e for e in client.events_of("error") if "too many messages" in e["reason"]]
+        assert 15 <= len(refused) <= 20, len(refused)  # 5 at once, then 2 a second
+        await asyncio.sleep(1.0)  # the budget refills
+        mark = len(client.received.events)
+        client.send_text("What is your name?")
+        done = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30, start=mark)
+        assert done["text"].startswith("Hello there.")
+    finally:
+        await client.close()
+
+
+STORY = " ".join(f"Sentence number {i} of a long story goes on here." for i in range(1, 9))
+
+
+def rms_between(client, t0: float, t1: float) -> float:
+    r = client.received
+    pieces = [a for a, at in zip(r.audio, r.audio_times) if t0 < at <= t1]
+    return float(np.sqrt(np.mean(np.concatenate(pieces) ** 2))) if pieces else 0.0
+
+
+def longest_silence_s(audio: np.ndarray, rate: int = 48000) -> float:
+    """The longest run of silent 20 ms windows between the first and last loud one."""
+    n = rate // 50
+    rms = np.sqrt(np.mean(audio[:len(audio) // n * n].reshape(-1, n) ** 2, axis=1))
+    loud = np.flatnonzero(rms > 0.01)
+    quiet = rms[loud[0]:loud[-1]] < 0.001 if len(loud) else np.zeros(0, bool)
+    best = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        best = max(best, run)
+    return best / 50
+
+
+async def speak_when_talking(client, samples, rate, after_s: float = 1.0):
+    """Wait until the avatar has been audible for ``after_s``, then say ``samples``; returns the
+    clock time the saying began."""
+    await client.wait_for_event(lambda e: e == {"type": "state", "state": "speaking"}, 30)
+    await asyncio.sleep(after_s)
+    t = asyncio.get_running_loop().time()
+    client.say(samples, rate)
+    return t
+
+
+async def test_talking_over_the_avatar_stops_it_and_keeps_only_what_was_heard(beckett):
+    samples, rate, _ = beckett
+    question = samples[:int(1.6 * rate)]  # "Ever tried. Ever failed." (real speech, 1.6 s)
+    app, service = make_app(llm={"reply": STORY}, asr={"text": "Stop please."})
+    client = client_for(app)
+    await client.connect()
+    try:
+        session = service.registry.get(client.session_id)
+        client.send_text("Tell me a story.")
+        await speak_when_talking(client, question, rate)
+        stop = await client.wait_for_event(lambda e: e["type"] == "interruption", 10)
+        assert stop["cause"] == "voice"
+        assert 0 <= stop["speech_onset_to_silence"] < 0.2
+        heard = stop["heard_text"]
+        assert heard and STORY.startswith(heard) and len(heard) < len(STORY) / 2
+        at = client.received.event_times[client.received.events.index(stop)]
+        await asyncio.sleep(1.2)
+        # no audio of the old reply after the stop: the user still talks for ~1.2 s, and the new
+        # reply comes only after the end of their speech is decided
+        assert rms_between(client, at - 1.0, at - 0.3) > 0.01
+        assert rms_between(client, at + 0.15, at + 1.0) < 0.001
+        answer = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "user" and e["text"] == "Stop please.", 20)
+        assert answer
+        done = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 60,
+            start=client.received.events.index(stop))
+        assert done["text"] == STORY
+        assert [(m.role, m.content) for m in session.history[:2]] == [("user", "Tell me a story."),
+                                                                      ("assistant", heard)]
+        assert session.history[2].content == "Stop please."
+        deltas_after_stop = [e for e, t in zip(client.received.events, client.received.event_times)
+                             if t > at and e["type"] == "transcript" and e["role"] == "avatar"]
+        assert "".join(e["text"] for e in deltas_after_stop if not e["final"]).strip() == STORY
+    finally:
+        await client.close()
+
+
+async def test_a_short_sound_over_the_avatar_only_pauses_it(beckett):
+    samples, rate, _ = beckett
+    start = int(0.35 * rate)  # a 0.15 s slice of voice: shorter than min_speech_ms (300)
+    blip = samples[start:start + int(0.15 * rate)]
+    reply = "One two three four five six. Seven eight nine ten eleven twelve."
+    app, service = make_app(llm={"reply": reply})
+    client = client_for(app)
+    await client.connect()
+    try:
+        session = service.registry.get(client.session_id)
+        client.send_text("Count for me.")
+        await speak_when_talking(client, blip, rate, after_s=0.8)
+        done = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30)
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30,
+                                    start=client.received.events.index(done))
+        assert not client.events_of("interruption")
+        # it paused (the blip was heard as voice) and went on: one gap of ~0.3 s inside the reply
+        assert 0.2 <= longest_silence_s(client.received.audio_samples()) <= 1.0
+        assert done["text"] == reply
+        assert [m.content for m in session.history] == ["Count for me.", reply]
+        assert len(client.events_of("transcript", role="user")) == 1  # the blip was not a question
+    finally:
+        await client.close()
+
+
+async def test_timings_carry_every_per_turn_measure():
+    app, _ = make_app()
+    client = client_for(app)
+    await client.connect()
+    try:
+        client.send_text("What is your name?")
+        timings = await client.wait_for_event(lambda e: e["type"] == "timings", 30)
+        for key in ("llm_first_token", "tts_first_audio", "avatar_first_frame", "text_to_voice"):
+            assert isinstance(timings[key], float) and timings[key] >= 0, (key, timings)
+    finally:
+        await client.close()
