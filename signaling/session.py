@@ -1,6 +1,6 @@
 """One live session: its peer connection, the tasks that serve it, its state and its history.
 
-    mic track -> 16 kHz mono -> this session's VAD stream -> SpeechSegmenter
+    mic track -> 16 kHz mono -> this session's VAD stream -> EndOfTurn (VAD pauses + turn model)
               -> on SpeechEnded: a Turn through the stage deployments, with this session's history
     Turn events -> AvatarChunks into the Playout (the tracks play them), the rest as JSON on the
                    ``events`` data channel (avatarchat.wire.encode)
@@ -37,7 +37,8 @@ from avatarchat.messages import AudioChunk, AvatarChunk, ChatMessage, Transcript
 from avatarchat.pacing import Clock, monotonic
 from avatarchat.rate_limit import TokenBucket
 from avatarchat.ports import StagePorts
-from avatarchat.segmenter import SpeechEnded, SpeechStarted, segmenter_for
+from avatarchat.end_of_turn import end_of_turn_for
+from avatarchat.segmenter import SpeechEnded, SpeechStarted
 from avatarchat.turn import Turn, TurnOptions
 from signaling.barge_in import BargeIn, BargeInDetector
 from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
@@ -63,6 +64,7 @@ class SessionDeps:
     sessions: Sessions = Sessions()
     interruption: Interruption = Interruption()
     metrics: SessionMetrics | NoMetrics = NoMetrics()
+    turn: object | None = None  # a loaded end-of-turn backend (stage "turn"); None: the VAD alone
     clock: Clock = monotonic
 
 
@@ -167,10 +169,9 @@ class Session:
         """Inbound mic audio -> 16 kHz mono -> VAD -> utterances -> turns."""
         vad = self.deps.vad
         stream = vad.new_stream()
-        segmenter = segmenter_for(vad, max_utterance_s=self.deps.limits.max_utterance_s)
+        segmenter = end_of_turn_for(vad, self.deps.turn, max_utterance_s=self.deps.limits.max_utterance_s)
         resampler = StreamResampler(vad.sample_rate)
         n = vad.chunk_samples
-        fed = 0  # samples given to the VAD: the stream's own timeline
         buf = np.zeros(0, np.float32)
         while not self.closed:
             try:
@@ -184,10 +185,9 @@ class Session:
             buf = np.concatenate([buf, samples])
             while len(buf) >= n:
                 chunk, buf = buf[:n], buf[n:]
-                fed += n
                 probability = stream.probability(chunk)
                 self._watch_talk_over(probability)
-                for event in segmenter.feed(probability, chunk):
+                for event in await segmenter.afeed(probability, chunk):
                     if isinstance(event, SpeechStarted):
                         self.last_input_at = self.deps.clock()
                         if not self.playout.speaking:
@@ -196,7 +196,7 @@ class Session:
                         if self.playout.speaking:
                             continue  # too short to interrupt the avatar (_watch_talk_over): a noise
                         # how long after the speech ended the decision came, and when it ended
-                        waited = fed / vad.sample_rate - event.at_s
+                        waited = event.decision_delay_s
                         audio = merge_utterances(self._pending, event.audio, self.deps.limits.max_utterance_s)
                         self._pending = None
                         self.submit(audio, speech_end=event.at_s,

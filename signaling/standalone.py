@@ -27,8 +27,8 @@ from signaling.service import SessionService, session_deps
 def build(config_path: str, app_name: str = "avatar") -> FastAPI:
     config = parse_config(app_args_from_serve_config(config_path), source=config_path)
     handles = [serve.get_deployment_handle(name, app_name) for name in ("ASR", "LLM", "TTS", "Avatar")]
-    service = SessionService(config.sessions, session_deps(config, HandlePorts(*handles),
-                                                           create_backend(config.stage("vad"))))
+    service = SessionService(config.sessions, session_deps(
+        config, HandlePorts(*handles), create_backend(config.stage("vad")), create_backend(config.stage("turn"))))
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield

@@ -55,3 +55,11 @@ def hibari_tts():
     backend = _backend("tts", "hibari")
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def smart_turn():
+    """Smart Turn v3.2 end-of-turn model from the pipecat-ai wheel."""
+    backend = _backend("turn", "smart_turn")
+    yield backend
+    backend.close()

@@ -2,7 +2,8 @@
 //
 //   microphone -> RTCPeerConnection (audio sendrecv, video recvonly, "events" data channel)
 //   POST /v1/sessions (application/sdp, non-trickle: candidates gathered first) -> answer
-//   events in: state, transcripts (user final; avatar deltas, then final), timings, error, closed
+//   events in: state, transcripts (user final; avatar deltas, then final), timings, interruption,
+//   error, closed
 //   events out: {"type": "text", "text": ...}, {"type": "interrupt"}
 //   DELETE Location on Stop and when the page goes away (fetch keepalive; sendBeacon cannot DELETE)
 //   no microphone API (plain http off localhost): say so, and run text-only with a silent track
@@ -15,6 +16,9 @@
   const STATE_LABELS = {off: "not connected", connecting: "connecting…", listening: "listening",
                         thinking: "thinking…", speaking: "speaking"};
   const TIMING_LABELS = [
+    ["voice_to_voice", "end of your speech → avatar's voice", "s"],
+    ["text_to_voice", "your message → avatar's voice", "s"],
+    ["end_of_turn_decision", "deciding you had finished", "s"],
     ["input_to_first_frame", "end of your input → first avatar frame", "s"],
     ["asr", "speech recognition", "s"],
     ["llm_first_token", "first LLM token", "s"],
@@ -144,6 +148,14 @@
         break;
       case "timings":
         showTimings(ev);
+        break;
+      case "interruption":
+        // The avatar stopped for the user: keep only what was heard on its line.
+        finishAvatarLine(s, ev.heard_text ? ev.heard_text + " …" : "…", true);
+        s.ignoreDeltas = true;
+        if (ev.speech_onset_to_silence !== undefined) {
+          addLine("system", `interrupted: the avatar went quiet ${Math.round(ev.speech_onset_to_silence * 1000)} ms after you spoke`, "info");
+        }
         break;
       case "error":
         addLine("system", `${ev.stage} error: ${ev.reason}`, "error");

@@ -1,0 +1,1 @@
+"""turn backends: end-of-turn decision (see base.py for the interface)."""
