@@ -47,15 +47,34 @@ class Microphone(MediaStreamTrack):
         self._queue: deque[np.ndarray] = deque()
         self._n = 0
         self._t0: float | None = None
+        self._queued = 0  # frames ever queued by play()
+        # sent_times[k]: monotonic time the k-th queued frame was handed to the sender (the time
+        # its first sample went out; the frame's samples span the next 20 ms of the stream)
+        self.sent_times: list[float] = []
+        self.plays: list[int] = []  # per play() call, the index of its first queued frame
 
     def play(self, samples: np.ndarray, sample_rate: int) -> float:
         """Queue ``samples`` (mono float32) to be spoken; returns their duration in seconds."""
         x = resample(np.asarray(samples, np.float32), sample_rate, RATE)
         pad = (-len(x)) % FRAME_SAMPLES
         x = np.concatenate([x, np.zeros(pad, np.float32)])
+        self.plays.append(self._queued)
         for i in range(0, len(x), FRAME_SAMPLES):
             self._queue.append(x[i:i + FRAME_SAMPLES])
+        self._queued += len(x) // FRAME_SAMPLES
         return len(x) / RATE
+
+    def sent_at(self, sample: int, sample_rate: int = RATE, play: int = -1) -> float | None:
+        """Monotonic time at which sample index ``sample`` (counted at ``sample_rate``) of the
+        ``play``-th play() call (default: the last) went out: its frame's send time plus its offset
+        in the frame. None while it has not been sent."""
+        if not self.plays:
+            return None
+        n = int(sample * RATE // sample_rate)
+        k = self.plays[play] + n // FRAME_SAMPLES
+        if k >= len(self.sent_times):
+            return None
+        return self.sent_times[k] + (n % FRAME_SAMPLES) / RATE
 
     @property
     def playing(self) -> bool:
@@ -69,7 +88,11 @@ class Microphone(MediaStreamTrack):
         delay = self._t0 + self._n * FRAME_SAMPLES / RATE - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        samples = self._queue.popleft() if self._queue else np.zeros(FRAME_SAMPLES, np.float32)
+        if self._queue:
+            samples = self._queue.popleft()
+            self.sent_times.append(time.monotonic())
+        else:
+            samples = np.zeros(FRAME_SAMPLES, np.float32)
         frame = av.AudioFrame.from_ndarray(to_pcm16(samples).reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._n * FRAME_SAMPLES

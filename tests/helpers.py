@@ -1,4 +1,5 @@
-"""Small helpers shared by tests: word error rate, and a real OpenAI-compatible SSE server."""
+"""Small helpers shared by tests: word error rate, a real OpenAI-compatible SSE server, and (from
+avatarchat/lipsync.py, where load_tests/bench_latency.py imports it too) the lip-sync measure."""
 
 import json
 import re
@@ -6,6 +7,10 @@ import socket
 import threading
 import time
 import uuid
+
+from avatarchat.lipsync import sound_to_mouth_lag
+
+__all__ = ["OpenAIServer", "edit_distance", "normalise_words", "sound_to_mouth_lag", "wer"]
 
 # -- word error rate -----------------------------------------------------------------------------
 
@@ -139,24 +144,3 @@ class OpenAIServer:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-# -- live sessions -------------------------------------------------------------------------------
-
-def sound_to_mouth_lag(received) -> tuple[float, float]:
-    """(lag in s, correlation) of the mouth's movement behind the sound, as an AvatarClient received
-    them (``received.mouth`` needs a mouth box; its first frames must be the idle face)."""
-    import numpy as np
-
-    at = np.array(received.audio_times)
-    env = np.array([np.sqrt(np.mean(a ** 2)) for a in received.audio])
-    m = np.stack(received.mouth).astype(np.float32)
-    vt = np.array(received.video_times[:len(m)])
-    mouth = np.abs(m - np.median(m[:20], axis=0)).mean(axis=(1, 2))  # the first frames are idle
-    grid = np.arange(max(at[0], vt[0]), min(at[-1], vt[-1]), 0.01)
-    a, v = np.interp(grid, at, env), np.interp(grid, vt, mouth)
-    a, v = (a - a.mean()) / a.std(), (v - v.mean()) / v.std()
-    lags = list(range(-30, 31))
-    cc = [np.mean(a[max(0, -k):len(a) - max(0, k)] * v[max(0, k):len(v) - max(0, -k)]) for k in lags]
-    best = int(np.argmax(cc))
-    return lags[best] * 0.01, float(cc[best])

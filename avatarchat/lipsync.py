@@ -1,0 +1,42 @@
+"""Lip sync measured on received streams: how far the mouth's movement lags the sound.
+
+Used by the cluster tests (tests/helpers.py re-exports it) and by load_tests/bench_latency.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def envelope_lag(audio_times, audio_env, video_times, mouth_motion, step_s: float = 0.01,
+                 max_lag_s: float = 0.3) -> tuple[float, float]:
+    """(lag in s, correlation) of ``mouth_motion`` (sampled at ``video_times``) behind
+    ``audio_env`` (sampled at ``audio_times``): both are interpolated onto a common ``step_s`` grid
+    over the time they overlap, normalised, and cross-correlated for lags up to ``max_lag_s``
+    either way. A positive lag means the mouth moves after the sound."""
+    at, env = np.asarray(audio_times, float), np.asarray(audio_env, float)
+    vt, mouth = np.asarray(video_times, float), np.asarray(mouth_motion, float)
+    grid = np.arange(max(at[0], vt[0]), min(at[-1], vt[-1]), step_s)
+    a, v = np.interp(grid, at, env), np.interp(grid, vt, mouth)
+    a, v = (a - a.mean()) / a.std(), (v - v.mean()) / v.std()
+    n = int(round(max_lag_s / step_s))
+    lags = list(range(-n, n + 1))
+    cc = [np.mean(a[max(0, -k):len(a) - max(0, k)] * v[max(0, k):len(v) - max(0, -k)]) for k in lags]
+    best = int(np.argmax(cc))
+    return lags[best] * step_s, float(cc[best])
+
+
+def mouth_motion(mouth_crops) -> np.ndarray:
+    """Per frame, the mean absolute difference of the mouth crop from the resting mouth (the median
+    of the first 20 frames, which must show the idle face)."""
+    m = np.stack(mouth_crops).astype(np.float32)
+    return np.abs(m - np.median(m[:20], axis=0)).mean(axis=(1, 2))
+
+
+def sound_to_mouth_lag(received) -> tuple[float, float]:
+    """(lag in s, correlation) of the mouth's movement behind the sound, as an AvatarClient received
+    them (``received.mouth`` needs a mouth box; its first frames must be the idle face). The sound
+    envelope is the RMS of each received audio piece at its arrival time."""
+    env = [float(np.sqrt(np.mean(a ** 2))) for a in received.audio]
+    motion = mouth_motion(received.mouth)
+    return envelope_lag(received.audio_times, env, received.video_times[:len(motion)], motion)
