@@ -45,8 +45,10 @@ def placements() -> dict[str, dict]:
     return {
         # Ray's defaults: every worker, the Gateway replica holding the sessions included, at nice 15.
         "replica": {"env": ray_defaults, "priority": no_priority, "side": False},
-        # What ships: workers at nice 0 (scripts/serve.sh), model stages lower their own priority.
-        "replica-media-first": {"env": {}, "priority": {}, "side": False},
+        # Workers at nice 0 (as scripts/serve.sh starts Ray), every replica at the same priority.
+        "replica-nice0": {"env": {}, "priority": {"stage_niceness": 0}, "side": False},
+        # Workers at nice 0 and the model stages lower their own priority: media first.
+        "replica-media-first": {"env": {}, "priority": {"stage_niceness": 10}, "side": False},
         # The same with the model stages at the lowest priority there is.
         "replica-models-last": {"env": {}, "priority": {"stage_niceness": 19}, "side": False},
         # The sessions in a plain process beside Ray (at this script's nice 0), calling the stage
@@ -160,6 +162,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, title in ((a, "median received fps while speaking"), (b, "worst 1-second window (frames)")):
         ax.axhline(25, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("sessions, all speaking at once")
+        ax.set_xticks(sorted({int(n) for by_n in results.values() for n in by_n}))
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 28)
         ax.legend(fontsize=8)

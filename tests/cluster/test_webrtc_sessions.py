@@ -210,3 +210,31 @@ async def test_turn_measures_reach_prometheus_through_ray_metrics(service):
             await asyncio.sleep(2)
     assert 'avatar_chat_turn_seconds_bucket' in text and 'measure="llm_first_token"' in text, text[-2000:]
     assert "avatar_chat_active_sessions" in text
+
+
+async def test_talking_over_the_avatar_stops_it_and_the_new_question_is_answered(service, beckett):
+    samples, rate, _ = beckett
+    question = samples[:int(1.6 * rate)]  # "Ever tried. Ever failed."
+    client = new_client(service)
+    await client.connect()
+    try:
+        client.send_text("Tell me a long story about a dragon and a knight.")
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "speaking"}, 90)
+        await asyncio.sleep(1.0)
+        client.say(question, rate)
+        stop = await client.wait_for_event(lambda e: e["type"] == "interruption", 30)
+        assert stop["cause"] == "voice" and stop["speech_onset_to_silence"] < 0.5
+        at = client.received.event_times[client.received.events.index(stop)]
+        user = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "user" and "fail" in e["text"].lower(), 60)
+        done = await client.wait_for_event(is_reply_done, 90, start=client.received.events.index(user))
+        assert len(done["text"].split()) >= 2
+        # the old reply went quiet: nothing audible from just after the stop until the new reply
+        r = client.received
+        quiet = [a for a, t in zip(r.audio, r.audio_times) if at + 0.2 < t < at + 1.0]
+        assert quiet and float(np.sqrt(np.mean(np.concatenate(quiet) ** 2))) < 0.003
+        # and its text stopped: no avatar text between the stop and the new user transcript
+        between = r.events[r.events.index(stop) + 1:r.events.index(user)]
+        assert not [e for e in between if e["type"] == "transcript" and e["role"] == "avatar"]
+    finally:
+        await client.close()

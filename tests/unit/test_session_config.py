@@ -10,7 +10,7 @@ from signaling.service import BadOffer, check_offer, ice_configuration, ice_serv
 
 def test_defaults_are_private_and_bounded():
     s = parse_config({}).sessions
-    assert s.max_sessions == 8 and s.ice_servers == [] and s.host_addresses == []
+    assert s.max_sessions == 3 and s.ice_servers == [] and s.host_addresses == []
     assert s.media_timeout_s < 10 and s.max_offer_bytes > 0
     assert ice_configuration(s).iceServers == []  # no STUN: nothing leaves the machine
 
