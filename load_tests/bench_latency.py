@@ -332,7 +332,8 @@ def main() -> int:
     from avatarchat.config import load_serve_config
     from avatarchat.local_cluster import ServeCluster
     from load_tests.bench_sessions import cluster_config
-    from load_tests.bench_turn import inputs, machine
+    from load_tests.bench_turn import inputs
+    from load_tests.report import emit, machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="a running service; default: start one")
@@ -370,10 +371,7 @@ def main() -> int:
               "summary": summary,
               "sessions": [{k: v for k, v in r.items() if k != "rows"} for r in rounds],
               "turns": [row for r in rounds for row in r["rows"]]}
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(report, args.json)
     if args.png:
         plot(summary, Path(args.png))
     return 0

@@ -31,7 +31,8 @@ import yaml
 
 from avatarchat.config import load_serve_config
 from avatarchat.local_cluster import ROOT, ServeCluster
-from load_tests.bench_turn import inputs, machine
+from load_tests.bench_turn import inputs
+from load_tests.report import emit, machine
 from signaling.client import AvatarClient
 
 LOOPBACK = ["127.0.0.1"]
@@ -202,10 +203,7 @@ def main() -> int:
               "rounds": args.rounds, "inputs": [c[0] for c in cases],
               "summary": {name: {n: r["summary"] for n, r in by_n.items()} for name, by_n in results.items()},
               "sessions": {name: {n: r["sessions"] for n, r in by_n.items()} for name, by_n in results.items()}}
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(report, args.json)
     if args.png:
         plot(results, Path(args.png))
     return 0

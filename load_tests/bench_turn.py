@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,21 +28,11 @@ from avatarchat.messages import AudioChunk, AvatarChunk, TurnTimings
 from avatarchat.ports import LocalPorts
 from avatarchat.segmenter import find_speech
 from avatarchat.turn import Turn, TurnOptions
+from load_tests.report import emit, machine
 
 STAGES = ("asr", "llm_first_token", "tts_first_audio", "avatar_first_frame", "input_to_first_frame")
 QUESTIONS = ("What is your name?", "What colour is the sky?", "Can you tell me a joke?",
              "How are you today?")
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": platform.platform()}
 
 
 def inputs(config) -> list[tuple[str, np.ndarray, int]]:
@@ -175,10 +162,7 @@ def main() -> int:
     report = {"benchmark": "turn latency, embedded stack, realtime pacing", "machine": machine(),
               "rounds": args.rounds, "inputs": [c[0] for c in cases], "summary": summary,
               "turns": {"graph": graph_rows, "in_process": local_rows}}
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(report, args.json)
     if args.png:
         plot(summary, Path(args.png))
     return 0
