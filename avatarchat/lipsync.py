@@ -33,10 +33,15 @@ def mouth_motion(mouth_crops) -> np.ndarray:
     return np.abs(m - np.median(m[:20], axis=0)).mean(axis=(1, 2))
 
 
-def sound_to_mouth_lag(received) -> tuple[float, float]:
+def sound_to_mouth_lag(received, since: float | None = None) -> tuple[float, float]:
     """(lag in s, correlation) of the mouth's movement behind the sound, as an AvatarClient received
     them (``received.mouth`` needs a mouth box; its first frames must be the idle face). The sound
-    envelope is the RMS of each received audio piece at its arrival time."""
-    env = [float(np.sqrt(np.mean(a ** 2))) for a in received.audio]
+    envelope is the RMS of each received audio piece at its arrival time. ``since``: only what
+    arrived from that time on (e.g. the reply after an interruption)."""
+    env = np.array([float(np.sqrt(np.mean(a ** 2))) for a in received.audio])
     motion = mouth_motion(received.mouth)
-    return envelope_lag(received.audio_times, env, received.video_times[:len(motion)], motion)
+    at, vt = np.asarray(received.audio_times), np.asarray(received.video_times[:len(motion)])
+    if since is not None:
+        keep_a, keep_v = at >= since, vt >= since
+        at, env, vt, motion = at[keep_a], env[keep_a], vt[keep_v], motion[keep_v]
+    return envelope_lag(at, env, vt, motion)

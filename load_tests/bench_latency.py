@@ -194,7 +194,7 @@ async def barge_in(client, barge: tuple[str, np.ndarray, int], threshold: float)
                 "story_audible_before_barge_in_s": round(start_t - onset, 3),
                 "interruption_s": None if stop is None or finished else round(stop - start_t, 4),
                 "server_cancel_seen_s": round(states[0][1] - start_t, 4) if states and not finished else None,
-                "server": story_fields}
+                "server": story_fields, "stopped_at": stop}
     after = sound_onset(rms, times, end_t, threshold)
     fields, n = server_timings(client, user)
     answer_row = {"input": label, "kind": "barge-in answer", "spoken_s": round(spoken_s, 3),
@@ -222,15 +222,20 @@ async def one_round(server: str, round_no: int, cases, barge, threshold: float, 
             rows += await barge_in(client, barge, threshold)
             for row in rows[-2:]:
                 print(f"  round {round_no}: {json.dumps(row)}", file=sys.stderr)
-        lag = corr = None
+        lag = corr = after_lag = None
         try:
             lag, corr = sound_to_mouth_lag(client.received)
+            stopped = [r.pop("stopped_at", None) for r in rows if r.get("kind") == "interruption"]
+            if stopped and stopped[-1] is not None:
+                # the reply that follows an interruption: sync must hold from its first frame
+                after_lag, _ = sound_to_mouth_lag(client.received, since=stopped[-1] + 0.3)
         except (ValueError, IndexError) as e:
             print(f"  round {round_no}: no A/V offset: {e!r}", file=sys.stderr)
         for row in rows:
             row["round"] = round_no
         return {"round": round_no, "rows": rows, "connect_s": round(client.connect_s, 3),
                 "av_offset_s": lag, "av_correlation": None if corr is None else round(corr, 3),
+                "av_offset_after_interruption_s": after_lag,
                 "video_fps": round(client.received.fps(), 2)}
     finally:
         await client.close()
@@ -259,7 +264,8 @@ def summarise(rounds: list[dict]) -> dict:
            "interrupted": sum(1 for row in rows if row.get("interrupted")),
            "interruption_trials": sum(1 for row in rows if row["kind"] == "interruption"),
            "av_offset_s": stat([r["av_offset_s"] for r in rounds]),
-           "av_correlation": stat([r["av_correlation"] for r in rounds])}
+           "av_correlation": stat([r["av_correlation"] for r in rounds]),
+           "av_offset_after_interruption_s": stat([r["av_offset_after_interruption_s"] for r in rounds])}
     keys = dict.fromkeys(k for row in answered for k in row["server"] if k not in NOT_SUMMARISED)
     out["server"] = {k: stat([row["server"].get(k) for row in answered]) for k in keys}
     return out
