@@ -194,6 +194,8 @@ async def barge_in(client, barge: tuple[str, np.ndarray, int], threshold: float)
                 "story_audible_before_barge_in_s": round(start_t - onset, 3),
                 "interruption_s": None if stop is None or finished else round(stop - start_t, 4),
                 "server_cancel_seen_s": round(states[0][1] - start_t, 4) if states and not finished else None,
+                "server_onset_to_silence_s": next((e.get("speech_onset_to_silence") for e in r.events[bmark:]
+                                                   if e.get("type") == "interruption"), None),
                 "server": story_fields, "stopped_at": stop}
     after = sound_onset(rms, times, end_t, threshold)
     fields, n = server_timings(client, user)
