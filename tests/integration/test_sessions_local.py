@@ -209,6 +209,13 @@ async def test_talking_over_the_avatar_stops_it_and_keeps_only_what_was_heard(be
         # reply comes only after the end of their speech is decided
         assert rms_between(client, at - 1.0, at - 0.3) > 0.01
         assert rms_between(client, at + 0.15, at + 1.0) < 0.001
+        # and no frame of it: the mouth moves while the reply plays, and rests (idle face) after
+        r = client.received
+        times = np.array(r.video_times[:len(r.mouth)])
+        mouth = np.stack(r.mouth).astype(np.float32)
+        talking = mouth[(times > at - 1.0) & (times < at - 0.3)].std(axis=0).mean()
+        after = mouth[(times > at + 0.2) & (times < at + 1.0)].std(axis=0).mean()
+        assert after < talking / 2, (after, talking)
         answer = await client.wait_for_event(
             lambda e: e["type"] == "transcript" and e["role"] == "user" and e["text"] == "Stop please.", 20)
         assert answer
