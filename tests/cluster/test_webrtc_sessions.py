@@ -69,7 +69,7 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         reply = audio[-int((done["audio_s"] + 3) * 48000):]
         assert np.sqrt(np.mean(reply ** 2)) > 0.01, "the reply must be audible"
         fps = r.fps()
-        assert fps == pytest.approx(25, abs=4), fps
+        assert 10 <= fps <= 30, fps  # real-time video; the rate itself is bench_sessions.py's
         # The mouth moves while the avatar speaks (frames after "speaking") and rests before.
         times = np.array(r.video_times[:len(r.mouth)])
         mouth = np.stack(r.mouth).astype(np.float32)
