@@ -24,7 +24,6 @@ from pydantic import Field, field_validator
 from avatarchat.backends.base import package_dir, require_file
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
-from avatarchat.audio import trim_silence
 from avatarchat.messages import AudioChunk
 from avatarchat.threads import stream_in_thread
 
@@ -57,12 +56,6 @@ class HibariTTS(TTSBackend):
         threads: int = Field(1, ge=1, le=16, description="onnxruntime intra-op threads")
         seed: int | None = Field(None, ge=0, description="fix the noise component so the same text "
                                                          "gives identical audio; None varies it")
-        # hibari pads every sentence with ~300 ms of silence before and ~450 ms after: the first
-        # delays the reply's first sound, both together make long gaps between sentences.
-        lead_silence_ms: float = Field(60.0, ge=0, le=2000, description="silence kept before each "
-                                       "sentence's speech (hibari's own is ~300 ms)")
-        tail_silence_ms: float = Field(200.0, ge=0, le=2000, description="silence kept after each "
-                                       "sentence's speech (hibari's own is ~450 ms)")
 
         @field_validator("voice")
         @classmethod
@@ -106,8 +99,7 @@ class HibariTTS(TTSBackend):
             if stop.is_set():
                 return
             if len(wav):
-                yield trim_silence(np.asarray(wav, dtype=np.float32), self.sample_rate,
-                                   o.lead_silence_ms / 1000, o.tail_silence_ms / 1000)
+                yield wav
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         if self._tts is None:
