@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatarchat.audio import resample
-from avatarchat.segmenter import SegmenterEvent, SpeechEnded, SpeechSegmenter, SpeechStarted, segmenter_for
+from avatarchat.segmenter import (SegmenterEvent, SpeechEnded, SpeechSegmenter, SpeechStarted, scan_recording,
+                                  segmenter_for)
 
 __all__ = ["EndOfTurn", "SpeechEnded", "SpeechStarted", "TurnSpan", "end_of_turn_for", "find_turns"]
 
@@ -166,28 +166,6 @@ def find_turns(samples: np.ndarray, sample_rate: int, vad_backend, turn_backend=
     ends by the EndOfTurn rules. ``overrides`` go to ``end_of_turn_for`` (``pause_ms``,
     ``max_pause_ms``, ``turn_threshold``, ``end_ms``, ...). A turn still open at the end of the
     recording ends there (``rule="forced"``; ``"vad"`` in a pause when there is no turn model)."""
-    rate = vad_backend.sample_rate
-    x = resample(np.asarray(samples, dtype=np.float32), sample_rate, rate)
-    n = vad_backend.chunk_samples
-    if len(x) % n:
-        x = np.concatenate([x, np.zeros(n - len(x) % n, np.float32)])
     eot = end_of_turn_for(vad_backend, turn_backend, **overrides)
-    stream = vad_backend.new_stream()
-    out: list[TurnSpan] = []
-    start: float | None = None
-    duration = len(samples) / sample_rate
-
-    def handle(events):
-        nonlocal start
-        for ev in events:
-            if isinstance(ev, SpeechStarted):
-                start = ev.at_s
-            elif start is not None:
-                out.append(TurnSpan(start, min(ev.at_s, duration), ev.rule, ev.decision_delay_s, ev.completion))
-                start = None
-
-    for i in range(0, len(x), n):
-        chunk = x[i:i + n]
-        handle(eot.feed(stream.probability(chunk), chunk))
-    handle(eot.flush())
-    return out
+    return [TurnSpan(start, end.at_s, end.rule, end.decision_delay_s, end.completion)
+            for start, end in scan_recording(samples, sample_rate, vad_backend, eot)]

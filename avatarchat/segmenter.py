@@ -18,6 +18,7 @@ own timeline (samples fed so far), so ``at_s`` values are exact multiples of the
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 
@@ -196,14 +197,23 @@ def find_speech(samples: np.ndarray, sample_rate: int, vad_backend, **overrides)
     stream; ``overrides`` (``threshold``, ``end_ms``, ...) replace the backend's options. A segment
     still open at the end of the recording ends there. Times are seconds from the recording's start.
     """
-    rate = vad_backend.sample_rate
-    x = resample(np.asarray(samples, dtype=np.float32), sample_rate, rate)
+    segments = scan_recording(samples, sample_rate, vad_backend, segmenter_for(vad_backend, **overrides),
+                              keep_audio=False)  # times only: no audio kept
+    return [(start, end.at_s) for start, end in segments]
+
+
+def scan_recording(samples: np.ndarray, sample_rate: int, vad_backend, segmenter: SpeechSegmenter,
+                   keep_audio: bool = True) -> list[tuple[float, SpeechEnded]]:
+    """Run ``segmenter`` over a whole recording with a fresh VAD stream of ``vad_backend``: each
+    utterance as (its start, its SpeechEnded), ``at_s`` clamped to the recording's end (an utterance
+    still open there ends there). Shared by find_speech and end_of_turn.find_turns."""
+    x = resample(np.asarray(samples, dtype=np.float32), sample_rate, vad_backend.sample_rate)
     n = vad_backend.chunk_samples
     if len(x) % n:
         x = np.concatenate([x, np.zeros(n - len(x) % n, np.float32)])
-    seg = segmenter_for(vad_backend, **overrides)
     stream = vad_backend.new_stream()
-    out: list[tuple[float, float]] = []
+    duration = len(samples) / sample_rate
+    out: list[tuple[float, SpeechEnded]] = []
     start: float | None = None
 
     def handle(events):
@@ -212,11 +222,11 @@ def find_speech(samples: np.ndarray, sample_rate: int, vad_backend, **overrides)
             if isinstance(ev, SpeechStarted):
                 start = ev.at_s
             elif start is not None:
-                out.append((start, ev.at_s))
+                out.append((start, dataclasses.replace(ev, at_s=min(ev.at_s, duration))))
                 start = None
 
     for i in range(0, len(x), n):
-        handle(seg.feed(stream.probability(x[i:i + n])))  # times only: no audio kept
-    handle(seg.flush())
-    duration = len(samples) / sample_rate
-    return [(s, min(e, duration)) for s, e in out]
+        chunk = x[i:i + n]
+        handle(segmenter.feed(stream.probability(chunk), chunk if keep_audio else None))
+    handle(segmenter.flush())
+    return out
