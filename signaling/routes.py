@@ -14,7 +14,7 @@ from __future__ import annotations
 from fastapi import Request, Response
 
 from avatarchat.errors import BadInput
-from avatarchat.http_io import json_error as _error, media_type, read_body
+from avatarchat.http_io import json_error, media_type, read_body
 from signaling.service import BadOffer, Full, SessionService
 
 SDP_TYPE = "application/sdp"
@@ -23,28 +23,28 @@ SDP_TYPE = "application/sdp"
 async def create_session(service: SessionService, request: Request) -> Response:
     ctype = media_type(request.headers.get("content-type"))
     if ctype != SDP_TYPE:
-        return _error(415, f"Content-Type must be {SDP_TYPE}, got {ctype or 'none'!r}")
+        return json_error(415, f"Content-Type must be {SDP_TYPE}, got {ctype or 'none'!r}")
     try:
         body = await read_body(request, service.options.max_offer_bytes)
     except BadInput as err:
-        return _error(err.status, err.reason)
+        return json_error(err.status, err.reason)
     try:
         offer = body.decode("utf-8")
     except UnicodeDecodeError:
-        return _error(400, "the SDP offer is not UTF-8 text")
+        return json_error(400, "the SDP offer is not UTF-8 text")
     try:
         session_id, answer = await service.create(offer)
     except Full as err:
-        return _error(503, str(err), {"Retry-After": str(service.options.retry_after_s)})
+        return json_error(503, str(err), {"Retry-After": str(service.options.retry_after_s)})
     except BadOffer as err:
-        return _error(400, str(err))
+        return json_error(400, str(err))
     return Response(answer, status_code=201, media_type=SDP_TYPE,
                     headers={"Location": f"/v1/sessions/{session_id}"})
 
 
 async def delete_session(service: SessionService, session_id: str) -> Response:
     if not await service.end(session_id, "hung up"):
-        return _error(404, f"no session {session_id!r}")
+        return json_error(404, f"no session {session_id!r}")
     return Response(status_code=204)
 
 
