@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from avatarchat.backends.base import create_backend
 from avatarchat.config import Priority, StageConfig
 from avatarchat.priority import lower_priority
+from avatarchat.process_stats import process_stats
 
 log = logging.getLogger("ray.serve")
 
@@ -63,7 +64,8 @@ class StageDeployment:
                 yield item
 
     def call_stats(self) -> dict:
-        return {"stage": self.config.stage, "backend": self.config.backend, **asdict(self.stats)}
+        return {"stage": self.config.stage, "backend": self.config.backend, **asdict(self.stats),
+                "process": process_stats()}
 
     def check_health(self) -> None:
         """Serve calls this periodically; a backend that lost its model should raise here."""

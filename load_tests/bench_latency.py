@@ -56,71 +56,13 @@ import numpy as np
 from avatarchat.latency import THRESHOLD, received_windows, silence_onset, sound_onset, sound_span
 from avatarchat.lipsync import sound_to_mouth_lag
 from avatarchat.local_cluster import ROOT
+from load_tests.conversation import STORY, is_reply_done, is_user, state_events, wait_answered, wait_sent
 
 LOOPBACK = ["127.0.0.1"]
-STORY = "Tell me a long story about a dragon."
 BARGE_IN = "Wait. What is your name?"
 SERVER_STAGES = ("asr", "llm_first_token", "tts_first_audio", "avatar_first_frame", "input_to_first_frame")
 NOT_SUMMARISED = {"session_turn"}
 TALK_OVER_S = 0.3  # avatar audio in this last stretch of an input: it was talking over the input
-
-
-# -- waiting on the client ---------------------------------------------------------------------------
-
-def _state_events(client, start: int = 0) -> list[tuple[str, float]]:
-    r = client.received
-    return [(e["state"], t) for e, t in zip(r.events[start:], r.event_times[start:]) if e.get("type") == "state"]
-
-
-def _last_index(events: list[dict], pred, start: int = 0) -> int | None:
-    for i in range(len(events) - 1, start - 1, -1):
-        if pred(events[i]):
-            return i
-    return None
-
-
-def _is_user(e):
-    return e.get("type") == "transcript" and e.get("role") == "user"
-
-
-def _is_reply_done(e):
-    return e.get("type") == "transcript" and e.get("role") == "avatar" and e.get("final")
-
-
-def _audio_quiet_since(client, seconds: float, threshold: float) -> bool:
-    r, now = client.received, time.monotonic()
-    recent = [a for a, t in zip(r.audio[-100:], r.audio_times[-100:]) if t >= now - seconds]
-    return bool(recent) and all(np.sqrt(np.mean(a ** 2)) <= threshold for a in recent)
-
-
-async def wait_answered(client, mark: int, threshold: float, timeout_s: float = 180.0) -> None:
-    """Until the input spoken after event index ``mark`` is answered and the avatar is done: the
-    microphone has finished, a user transcript came and an avatar final transcript after the last
-    one, the state has been "listening" for 1 s and the received audio quiet for 0.5 s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        events = client.received.events
-        if client.mic.playing:
-            continue
-        user = _last_index(events, _is_user, mark)
-        if user is None or _last_index(events, _is_reply_done, user) is None:
-            continue
-        states = _state_events(client, mark)
-        if not states or states[-1][0] != "listening" or time.monotonic() - states[-1][1] < 1.0:
-            continue
-        if _audio_quiet_since(client, 0.5, threshold):
-            return
-    raise TimeoutError(f"no finished answer in {timeout_s} s; events {client.received.events[mark:][-8:]}")
-
-
-async def wait_sent(mic, sample: int, rate: int, play: int, timeout_s: float = 60.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while (t := mic.sent_at(sample, rate, play)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the microphone did not send the utterance")
-        await asyncio.sleep(0.02)
-    return t
 
 
 def server_timings(client, start: int, end: int | None = None) -> tuple[dict, int]:
@@ -149,7 +91,7 @@ async def speak(client, label: str, samples: np.ndarray, rate: int, threshold: f
     early = sound_onset(rms, times, start_t, threshold)
     talking_over = sound_onset(rms, times, end_t - TALK_OVER_S, threshold)
     fields, n = server_timings(client, mark)
-    users = [e["text"] for e in r.events[mark:] if _is_user(e)]
+    users = [e["text"] for e in r.events[mark:] if is_user(e)]
     return {"input": label, "kind": "utterance", "spoken_s": round(spoken_s, 3),
             "voice_to_voice_s": None if onset is None else round(onset - end_t, 4),
             "spoke_before_end_of_input": early is not None and early < end_t,
@@ -184,10 +126,10 @@ async def barge_in(client, barge: tuple[str, np.ndarray, int], threshold: float)
 
     rms, times = received_windows(r.audio[amark:], r.audio_times[amark:])
     stop = silence_onset(rms, times, start_t, threshold)
-    states = [(s, t) for s, t in _state_events(client, bmark) if t >= start_t]
+    states = [(s, t) for s, t in state_events(client, bmark) if t >= start_t]
     # the long reply was cut if no avatar final transcript came before the barge-in's user transcript
-    user = next((i for i in range(bmark, len(r.events)) if _is_user(r.events[i])), len(r.events))
-    finished = any(_is_reply_done(e) for e in r.events[mark:user])
+    user = next((i for i in range(bmark, len(r.events)) if is_user(r.events[i])), len(r.events))
+    finished = any(is_reply_done(e) for e in r.events[mark:user])
     story_fields, _ = server_timings(client, mark, user)
     stop_row = {"input": f"'{STORY}' (typed) cut by {label}", "kind": "interruption",
                 "spoken_s": round(spoken_s, 3), "interrupted": not finished,

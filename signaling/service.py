@@ -8,8 +8,10 @@ to ``["127.0.0.1"]``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import weakref
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -85,6 +87,8 @@ class SessionService:
         self.options, self.deps = options, deps
         self.registry = SessionRegistry(options, deps.clock, on_count=deps.metrics.active_sessions)
         self._seed = 0
+        # every peer connection ever made, held weakly: what is left in it is what is still alive
+        self._peer_connections: weakref.WeakSet = weakref.WeakSet()
         use_host_addresses(options.host_addresses)
 
     def __len__(self) -> int:
@@ -96,6 +100,7 @@ class SessionService:
         self.registry.reserve()  # raises Full
         self.registry.start_reaper()
         pc = RTCPeerConnection(ice_configuration(self.options))
+        self._peer_connections.add(pc)
         session_id = new_session_id()
         self._seed += 1
         session = Session(session_id, pc, self.deps, seed=self._seed)
@@ -137,6 +142,12 @@ class SessionService:
                         "video_frames_skipped": s.video_out.frames_skipped,
                         "tasks": s.active_tasks})
         return out
+
+    def live_peer_connections(self) -> int:
+        """Peer connections still in memory, after a garbage collection: a leak check, should match
+        the live sessions once closed ones are gone."""
+        gc.collect()
+        return len(self._peer_connections)
 
     async def close_all(self) -> None:
         await self.registry.close_all()

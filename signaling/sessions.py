@@ -132,6 +132,8 @@ class SessionRegistry:
                 await self.reap()
             except Exception:  # noqa: BLE001 - the reaper must outlive one bad session
                 log.exception("session reaper")
+            # Ray's metrics export drops a gauge not set for a while: report the count each round.
+            self._counted()
 
     async def close_all(self, reason: str = "server shutting down") -> None:
         if self._reaper is not None:

@@ -1,0 +1,35 @@
+"""The shipped Serve configs scale every model stage explicitly and never cut a turn on scale-down."""
+
+import pytest
+import yaml
+
+from avatarchat.config import load_serve_config
+from avatarchat.local_cluster import ROOT
+
+MODEL_STAGES = ("ASR", "LLM", "TTS", "Avatar")
+CONFIGS = ("serve_config.yaml", "serve_config.gpu.yaml")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_model_deployment_autoscales_with_explicit_settings(name):
+    doc = yaml.safe_load((ROOT / name).read_text())
+    deployments = {d["name"]: d for d in doc["applications"][0]["deployments"]}
+    turn_timeout = load_serve_config(ROOT / name).limits.turn_timeout_s
+    for stage in MODEL_STAGES:
+        d = deployments[stage]
+        a = d["autoscaling_config"]
+        for key in ("min_replicas", "max_replicas", "target_ongoing_requests"):
+            assert key in a, (name, stage, key)
+        assert 1 <= a["min_replicas"] <= a["max_replicas"], (name, stage, a)
+        assert d["max_ongoing_requests"] >= a["target_ongoing_requests"], (name, stage)
+        # a replica being scaled down finishes the turns it carries
+        assert d["graceful_shutdown_timeout_s"] > turn_timeout, (name, stage)
+    gateway = deployments["Gateway"]
+    assert "autoscaling_config" not in gateway or gateway["autoscaling_config"].get("max_replicas", 1) == 1
+
+
+def test_gpu_config_shares_one_gpu_between_the_stages():
+    doc = yaml.safe_load((ROOT / "serve_config.gpu.yaml").read_text())
+    gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in doc["applications"][0]["deployments"]}
+    assert gpus["LLM"] == 0.5 and 0 < gpus["ASR"] < 1 and 0 < gpus["TTS"] < 1 and 0 < gpus["Avatar"] < 1
+    assert sum(gpus.values()) == pytest.approx(1.0)
