@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,8 +36,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far, summed by part: each Serve replica by deployment, the rest of Ray,
-    the Locust client (every process of this machine, read from /proc)."""
+    """CPU seconds used so far by the service, summed by part: each Serve replica by deployment and
+    the rest of Ray (every process of this machine, read from /proc)."""
     out: dict[str, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -48,8 +49,6 @@ def cpu_seconds() -> dict[str, float]:
             continue
         if "ServeReplica:" in cmd:
             part = cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-        elif "locust" in cmd:
-            part = "locust client"
         elif "ray" in cmd or "raylet" in cmd or "gcs_server" in cmd:
             part = "ray (controller, proxy, raylet, gcs)"
         else:
@@ -66,6 +65,7 @@ def read_stats(prefix: Path) -> dict[str, dict]:
 
 def run_locust(server: str, users: int, run_time: int, turns: int, out: Path, ice_host: str) -> dict:
     before, t0 = cpu_seconds(), time.monotonic()
+    client0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # Locust's own CPU, once it has exited
     proc = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "load_tests" / "locustfile.py"), "--headless",
          "--host", server, "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{run_time}s",
@@ -73,8 +73,11 @@ def run_locust(server: str, users: int, run_time: int, turns: int, out: Path, ic
          "--turns", str(turns), "--ice-host", ice_host],
         env={**os.environ, "LOCUST_SKIP_MONKEY_PATCH": "1"}, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    Path(f"{out}.log").write_text(proc.stdout + proc.stderr)
     after = cpu_seconds()
     cpu = {k: round((after.get(k, 0.0) - before.get(k, 0.0)) / wall, 2) for k in after}
+    client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu["locust client"] = round((client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime) / wall, 2)
     stats = read_stats(out)
     turn, fps = stats.get("turn", {}), stats.get("video fps", {})
 
@@ -115,6 +118,8 @@ def plot(rows: list[dict], path: Path) -> None:
     a.set_xlabel("simultaneous sessions (Locust users)")
     a.set_ylabel("voice to voice, s")
     a.set_yscale("log")
+    a.set_xticks(n)
+    b.set_xticks(n)
     a.legend(fontsize=8)
     b.plot(n, [r["fps_median"] for r in rows], "o-", label="median")
     b.plot(n, [r["fps_min"] for r in rows], "s-", label="lowest session")
