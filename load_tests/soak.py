@@ -1,6 +1,6 @@
 """Soak: many sessions one after another, then many at a time, and what the service still holds.
 
-    python -m load_tests.soak [--server URL] [--sequential 100] [--concurrent 20]
+    python -m load_tests.soak [--server URL] [--warmup 10] [--sequential 100] [--concurrent 20]
                               [--concurrent-s 180] [--json out.json] [--png out.png]
 
 Every session is a real WebRTC session from the Python client (loopback): it connects, receives
@@ -11,7 +11,9 @@ for ``--concurrent-s`` seconds (each user hangs up after its reply and reconnect
 Before, between and after the phases (once no session is live), the service's own account is read
 from GET /v1/diagnostics: the Gateway's resident memory, OS threads, asyncio tasks and peer
 connections still in memory, and each stage replica's resident memory. The baseline is taken after
-one warm-up session (first-use allocations such as codec set-up are not leaks). Passes when the
+``--warmup`` sessions: allocators grow to a high-water mark over the first sessions (ONNX Runtime
+keeps the largest buffers a model has needed, replies differ in length), which is not a leak; the
+memory at start-up and after the first session are reported too. Passes when the
 service's memory (Gateway + stages) ends within ``--max-growth-mb`` (50) of the baseline, no peer
 connection is left, the Gateway's asyncio tasks are back to the baseline, and its threads have not
 grown past the baseline plus a thread pool's worth (asyncio's default executor keeps up to
@@ -76,9 +78,7 @@ async def sequential(server: str, n: int, samples: list, every: int = 10) -> lis
         if (err := await one_session(server)) is not None:
             errors.append(err)
         if (k + 1) % every == 0 or k + 1 == n:
-            diag = await diagnostics(server)
-            samples.append({"phase": "sequential", "sessions": k + 1, "service_rss_mb": diag["service_rss_mb"],
-                            "gateway_rss_mb": diag["gateway"]["rss_mb"]})
+            samples.append(sample("sequential", k + 1, await diagnostics(server)))
             print(f"  {k + 1} sessions: {samples[-1]}", file=sys.stderr)
     return errors
 
@@ -115,13 +115,22 @@ def verdict(base: dict, end: dict, max_growth_mb: float) -> dict:
     return checks
 
 
-async def soak(server: str, n_sequential: int, users: int, seconds: float, max_growth_mb: float) -> dict:
-    warm = await one_session(server)
-    if warm is not None:
-        raise RuntimeError(f"the warm-up session failed: {warm}")
+def sample(phase: str, sessions: int, diag: dict) -> dict:
+    return {"phase": phase, "sessions": sessions, "service_rss_mb": diag["service_rss_mb"],
+            "gateway_rss_mb": diag["gateway"]["rss_mb"],
+            "stages_rss_mb": {k: v.get("rss_mb") for k, v in diag["stages"].items() if v}}
+
+
+async def soak(server: str, n_sequential: int, users: int, seconds: float, max_growth_mb: float,
+               warmup: int = 10) -> dict:
+    samples = [sample("start", -warmup, await diagnostics(server))]
+    for k in range(warmup):
+        if (err := await one_session(server)) is not None:
+            raise RuntimeError(f"warm-up session {k + 1} failed: {err}")
+        if k == 0:
+            samples.append(sample("warm-up", 1 - warmup, await diagnostics(server)))
     base = await diagnostics(server)
-    samples = [{"phase": "baseline", "sessions": 0, "service_rss_mb": base["service_rss_mb"],
-                "gateway_rss_mb": base["gateway"]["rss_mb"]}]
+    samples.append(sample("baseline", 0, base))
     t0 = time.monotonic()
     seq_errors = await sequential(server, n_sequential, samples)
     seq_s = time.monotonic() - t0
@@ -132,8 +141,7 @@ async def soak(server: str, n_sequential: int, users: int, seconds: float, max_g
     if users and seconds:
         n, errors = await concurrent(server, users, seconds)
         after = await diagnostics(server, settle_s=60)
-        samples.append({"phase": "concurrent", "sessions": n_sequential + n,
-                        "service_rss_mb": after["service_rss_mb"], "gateway_rss_mb": after["gateway"]["rss_mb"]})
+        samples.append(sample("concurrent", n_sequential + n, after))
         report["concurrent"] = {"users": users, "seconds": seconds, "sessions": n, "errors": errors,
                                 "after": after, "check": verdict(base, after, max_growth_mb)}
     report["samples"] = samples
@@ -151,9 +159,10 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot([x["sessions"] for x in s], [x["service_rss_mb"] for x in s], "o-", label="service (Gateway + stages)")
     ax.plot([x["sessions"] for x in s], [x["gateway_rss_mb"] for x in s], "s-", label="Gateway")
-    base = s[0]["service_rss_mb"]
+    base = next(x["service_rss_mb"] for x in s if x["phase"] == "baseline")
     ax.axhline(base + 50, color="grey", ls="--", lw=1, label="baseline + 50 MB")
-    ax.set_xlabel("sessions so far")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("sessions after the warm-up (negative: warm-up)")
     ax.set_ylabel("resident memory, MB")
     ax.set_title("Soak: memory after each batch of sessions (none live)")
     ax.legend(fontsize=8)
@@ -164,6 +173,7 @@ def plot(report: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--server")
+    p.add_argument("--warmup", type=int, default=10, help="sessions before the baseline is taken")
     p.add_argument("--sequential", type=int, default=100)
     p.add_argument("--concurrent", type=int, default=20)
     p.add_argument("--concurrent-s", type=float, default=180)
@@ -181,7 +191,7 @@ def main() -> int:
         cluster.start()
         server = cluster.url
     try:
-        report = asyncio.run(soak(server, a.sequential, a.concurrent, a.concurrent_s, a.max_growth_mb))
+        report = asyncio.run(soak(server, a.sequential, a.concurrent, a.concurrent_s, a.max_growth_mb, a.warmup))
     finally:
         if cluster is not None:
             cluster.stop()
