@@ -105,10 +105,12 @@ class Gateway:
 
     @api.get("/v1/diagnostics")
     async def diagnostics(self) -> dict:
-        stages = await self.stage_stats()
-        return {"gateway": {**process_stats(), "sessions": len(self.sessions),
-                            "peer_connections": self.sessions.live_peer_connections()},
-                "stages": {name: s.get("process") for name, s in stages.items()}}
+        names = ("asr", "llm", "tts", "avatar")
+        stages = await asyncio.gather(*(self.handles[n].diagnostics.remote() for n in names))
+        peer_connections = self.sessions.live_peer_connections()  # collects garbage: before trimming
+        return {"gateway": {**process_stats(trim=True), "sessions": len(self.sessions),
+                            "peer_connections": peer_connections},
+                "stages": dict(zip(names, stages))}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -67,5 +67,9 @@ class StageDeployment:
         return {"stage": self.config.stage, "backend": self.config.backend, **asdict(self.stats),
                 "process": process_stats()}
 
+    def diagnostics(self) -> dict:
+        """This replica's memory (heap trimmed first), threads: for leak checks."""
+        return process_stats(trim=True)
+
     def check_health(self) -> None:
         """Serve calls this periodically; a backend that lost its model should raise here."""
