@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from avatarchat import registry
 from avatarchat.errors import ConfigError
@@ -87,6 +87,19 @@ class Sessions(Options):
         default_factory=list, description="the addresses offered as ICE host candidates; empty: every "
                                           "non-loopback interface (aiortc's own choice); [\"127.0.0.1\"] "
                                           "for loopback-only tests")
+    render: list[Literal["server", "browser"]] = Field(
+        default_factory=lambda: ["server", "browser"], min_length=1,
+        description="where the face is drawn, the modes this deployment offers, the first the default: "
+                    "\"server\" sends H.264/VP8 video; \"browser\" sends a few numbers a frame on a data "
+                    "channel and the page draws the face (no video encoding: far more sessions per box). "
+                    "A client picks one with POST /v1/sessions?render=...")
+
+    @field_validator("render")
+    @classmethod
+    def _distinct_modes(cls, modes: list[str]) -> list[str]:
+        if len(set(modes)) != len(modes):
+            raise ValueError(f"render lists a mode twice: {modes}")
+        return modes
 
 
 class Interruption(Options):

@@ -101,6 +101,9 @@ class FaceMotion:
     raw 512x512 RGB frame is 786 kB and ~4 ms a hop). ``mouth_open`` is 0 (closed) .. 1 (wide);
     ``mouth_width`` -1 (rounded) .. +1 (spread); head angles are degrees; ``blink`` is 0 (open) ..
     1 (closed); ``brow`` -1 (lowered) .. +1 (raised); ``breath`` is the breathing phase, -1 .. +1.
+    ``smile`` (-1 corners down, sad .. +1 corners up, happy) and ``surprise`` (0 .. 1) are the
+    expression; its effect on brows, jaw and head is already in the other values (expression.py),
+    they ride along so the next sentence and the idle face can blend on from them.
     """
 
     mouth_open: float = 0.0
@@ -111,10 +114,12 @@ class FaceMotion:
     blink: float = 0.0
     brow: float = 0.0
     breath: float = 0.0
+    smile: float = 0.0
+    surprise: float = 0.0
 
     def as_list(self) -> list[float]:
         return [self.mouth_open, self.mouth_width, self.head_yaw, self.head_pitch,
-                self.head_roll, self.blink, self.brow, self.breath]
+                self.head_roll, self.blink, self.brow, self.breath, self.smile, self.surprise]
 
     @classmethod
     def from_list(cls, values: list[float]) -> "FaceMotion":
@@ -147,11 +152,13 @@ class AnimateRequest:
     the reply back to back). Frame ``k`` of the reply is shown at ``k / fps`` seconds, so this
     request yields exactly the frames whose time falls in ``[audio.start, audio.end)``. Replicas are
     stateless: ``previous`` (the last frame already produced) carries motion across sentences.
+    ``emotion`` (avatarchat/avatar/expression.py names) is the expression to show while saying it.
     """
 
     speech: SpeechChunk
     previous: FaceMotion | None = None
     seed: int = 0
+    emotion: str | None = None
 
 
 @dataclass(slots=True)

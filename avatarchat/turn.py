@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from avatarchat.avatar.expression import EmotionTagFilter, normalise
 from avatarchat.events import ReplyDone, StateChanged, TurnFailed
 from avatarchat.messages import (AnimateRequest, AudioChunk, ChatMessage, FaceMotion, LLMRequest,
                                  SpeechChunk, TextDelta, Transcript, TurnTimings)
@@ -51,6 +52,9 @@ class Turn:
         self.ports, self.history, self.options, self.clock = ports, tuple(history), options, clock
         self.timings = TurnTimings()
         self.reply_text = ""
+        # The expression of the reply: the user's emotion as the ASR heard it, replaced by a tag
+        # the LLM starts its reply with ("[happy] ..."), if it gives one.
+        self.emotion: str | None = None
 
     async def run(self, user: AudioChunk | str) -> AsyncIterator:
         watch = Stopwatch(self.clock)
@@ -64,6 +68,7 @@ class Turn:
             self.timings.asr = watch.elapsed()
         else:
             transcript = Transcript(text=user)
+        self.emotion = normalise(transcript.emotion)
         yield transcript
         if not transcript.text.strip():
             yield self.timings
@@ -97,14 +102,24 @@ class Turn:
     async def _read_llm(self, request: LLMRequest, watch: Stopwatch,
                         sentences: asyncio.Queue, out: asyncio.Queue) -> None:
         chunker = SentenceChunker()
+        tags = EmotionTagFilter()
         started = watch.elapsed()
         try:
             async for delta in self.ports.generate(request):
                 if self.timings.tokens == 0:
                     self.timings.llm_first_token = watch.elapsed() - started
                 self.timings.tokens += 1
-                await out.put(delta)
-                for sentence in chunker.feed(delta.text):
+                text = tags.feed(delta.text)
+                if tags.emotion is not None:
+                    self.emotion = tags.emotion
+                if not text:
+                    continue
+                await out.put(delta if text == delta.text else TextDelta(text))
+                for sentence in chunker.feed(text):
+                    await sentences.put(sentence)
+            if text := tags.flush():
+                await out.put(TextDelta(text))
+                for sentence in chunker.feed(text):
                     await sentences.put(sentence)
             if (rest := chunker.flush()) is not None:
                 await sentences.put(rest)
@@ -132,7 +147,7 @@ class Turn:
                                          text=sentence, sentence=index)
                     cursor += audio.duration
                     stage = "avatar"
-                    async for chunk in self.ports.animate(AnimateRequest(speech, previous, self.options.seed)):
+                    async for chunk in self.ports.animate(AnimateRequest(speech, previous, self.options.seed, self.emotion)):
                         if self.timings.avatar_first_frame is None:
                             self.timings.avatar_first_frame = watch.elapsed() - tts_at
                             self.timings.input_to_first_frame = watch.elapsed()

@@ -5,6 +5,7 @@
                      (see docs/api.md)
     POST /v1/sessions        a live WebRTC session (WHIP-shaped; see docs/protocol.md)
     DELETE /v1/sessions/{id} end it;  GET /v1/sessions: how many are live
+    GET  /v1/avatar  the avatar pack for drawing the face in the browser (render=browser)
     GET  /v1/ice     the ICE (STUN/TURN) servers a browser should use, passwords resolved here
     GET  /           the web page (signaling/static/: plain HTML + JS + CSS); /static/{name}
     GET  /v1/info    stages, avatar pack, limits, sessions
@@ -89,6 +90,11 @@ class Gateway:
     @api.get("/v1/sessions")
     async def count_sessions(self) -> dict:
         return session_routes.count_sessions(self.sessions)
+
+    @api.get("/v1/avatar")
+    async def avatar_for_browser(self) -> Response:
+        """The avatar pack for render=browser sessions: photo and warp fields (docs/protocol.md)."""
+        return session_routes.avatar_for_browser(self.sessions)
 
     @api.get("/v1/ice")
     async def ice(self) -> dict:

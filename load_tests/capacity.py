@@ -2,10 +2,12 @@
 (load_tests/locustfile.py) at growing user counts against one service.
 
     python -m load_tests.capacity [--server URL] [--users 1,2,3,4,6,8] [--run-time 60]
-                                  [--turns 2] [--json out.json] [--png out.png]
+                                  [--turns 2] [--render server,browser] [--json out.json]
+                                  [--png out.png]
 
 A user count *holds* when every turn is complete and the user's own (no Locust failure), every
-session's video while the avatar spoke was >= 24 fps (the lowest "video fps" sample), and the
+session's faces while the avatar spoke came at >= 24 fps (the lowest "video fps" sample: video
+frames, or motion packets in render=browser), and the
 voice-to-voice p95 of its turns is <= 1.5 s. For each count the CPU time of each part of the
 service (the Gateway with the sessions' media, each model stage, Ray itself) and of the Locust
 client is read from /proc over the run, so the report says which resource ran out. Locust's own CSV
@@ -63,14 +65,15 @@ def read_stats(prefix: Path) -> dict[str, dict]:
         return {row["Name"]: row for row in csv.DictReader(f)}
 
 
-def run_locust(server: str, users: int, run_time: int, turns: int, out: Path, ice_host: str) -> dict:
+def run_locust(server: str, users: int, run_time: int, turns: int, out: Path, ice_host: str,
+               render: str = "server") -> dict:
     before, t0 = cpu_seconds(), time.monotonic()
     client0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # Locust's own CPU, once it has exited
     proc = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "load_tests" / "locustfile.py"), "--headless",
          "--host", server, "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{run_time}s",
          "--stop-timeout", "600", "--csv", str(out), "--html", f"{out}.html", "--only-summary",
-         "--turns", str(turns), "--ice-host", ice_host],
+         "--turns", str(turns), "--ice-host", ice_host, "--render", render],
         env={**os.environ, "LOCUST_SKIP_MONKEY_PATCH": "1"}, capture_output=True, text=True)
     wall = time.monotonic() - t0
     Path(f"{out}.log").write_text(proc.stdout + proc.stderr)
@@ -110,23 +113,23 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [r["users"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a.plot(n, [r["voice_to_voice_median_s"] for r in rows], "o-", label="median")
-    a.plot(n, [r["voice_to_voice_p95_s"] for r in rows], "s-", label="p95")
+    for mode in dict.fromkeys(r.get("render", "server") for r in rows):
+        rs = [r for r in rows if r.get("render", "server") == mode]
+        n = [r["users"] for r in rs]
+        a.plot(n, [r["voice_to_voice_median_s"] for r in rs], "o-", label=f"{mode}: median")
+        a.plot(n, [r["voice_to_voice_p95_s"] for r in rs], "s--", label=f"{mode}: p95")
+        b.plot(n, [r["fps_median"] for r in rs], "o-", label=f"{mode}: median")
+        b.plot(n, [r["fps_min"] for r in rs], "s--", label=f"{mode}: lowest session")
     a.axhline(MAX_V2V_P95_S, color="grey", ls="--", lw=1, label="p95 target 1.5 s")
     a.set_xlabel("simultaneous sessions (Locust users)")
     a.set_ylabel("voice to voice, s")
     a.set_yscale("log")
-    a.set_xticks(n)
-    b.set_xticks(n)
-    a.legend(fontsize=8)
-    b.plot(n, [r["fps_median"] for r in rows], "o-", label="median")
-    b.plot(n, [r["fps_min"] for r in rows], "s-", label="lowest session")
+    a.legend(fontsize=7)
     b.axhline(MIN_FPS, color="grey", ls="--", lw=1, label="24 fps")
     b.set_xlabel("simultaneous sessions (Locust users)")
-    b.set_ylabel("video fps while speaking")
-    b.legend(fontsize=8)
+    b.set_ylabel("faces per second while speaking")
+    b.legend(fontsize=7)
     fig.suptitle("Capacity: Locust users against one service (client on the same machine)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -139,6 +142,9 @@ def main() -> int:
     p.add_argument("--run-time", type=int, default=60)
     p.add_argument("--turns", type=int, default=2)
     p.add_argument("--ice-host", default="127.0.0.1")
+    p.add_argument("--render", default="server",
+                   help="render modes to measure, comma-separated (server, browser): each runs every "
+                        "user count, so the modes compare in one run")
     p.add_argument("--out", help="folder for Locust's CSV/HTML (default: a temporary one)")
     p.add_argument("--json")
     p.add_argument("--png")
@@ -155,17 +161,21 @@ def main() -> int:
         cluster.start()
         server = cluster.url
     rows = []
+    modes = [m.strip() for m in a.render.split(",") if m.strip()]
     try:
-        for n in counts:
-            rows.append(run_locust(server, n, a.run_time, a.turns, out / f"locust_{n}", a.ice_host))
-            print(f"  {n} users: {rows[-1]}", file=sys.stderr)
-            time.sleep(5)  # let the last sessions close before the next count
+        for mode in modes:
+            for n in counts:
+                row = run_locust(server, n, a.run_time, a.turns, out / f"locust_{mode}_{n}", a.ice_host, mode)
+                rows.append({"render": mode, **row})
+                print(f"  {mode}, {n} users: {rows[-1]}", file=sys.stderr)
+                time.sleep(5)  # let the last sessions close before the next count
     finally:
         if cluster is not None:
             cluster.stop()
-    held = [r["users"] for r in rows if r["holds"]]
+    capacity = {mode: max([r["users"] for r in rows if r["render"] == mode and r["holds"]], default=0)
+                for mode in modes}
     report = {"criteria": {"min_fps": MIN_FPS, "max_voice_to_voice_p95_s": MAX_V2V_P95_S, "failed_turns": 0},
-              "capacity_sessions": max(held) if held else 0, "runs": rows, "locust_reports": str(out),
+              "capacity_sessions": capacity, "runs": rows, "locust_reports": str(out),
               "run_time_s": a.run_time, "turns_per_session": a.turns, "machine": machine()}
     emit(report, a.json)
     if a.png:

@@ -186,25 +186,28 @@ class Conversation:
     utterances: list[Utterance]          # every user's utterances (this one's are passed to turn())
     host_addresses: list[str] | None = None
     timeout_s: float = 120.0
+    render: str | None = None            # None: the server's default; "browser": motion, no video
     threshold: float = THRESHOLD
     client: object = field(init=False, default=None)
     _idle_from: float = field(init=False, default=0.0)
 
     async def open(self) -> float:
-        """Connect; returns seconds from the offer to the first video frame received."""
+        """Connect; returns seconds from the offer to the first face received (a video frame, or
+        a motion packet in render=browser)."""
         from signaling.client import AvatarClient
 
         self.client = AvatarClient(self.server, host_addresses=self.host_addresses, keep_frames=0,
-                                   timeout_s=min(self.timeout_s, 30.0))
+                                   timeout_s=min(self.timeout_s, 30.0), render=self.render)
         t0 = time.monotonic()
         await self.client.connect()
         deadline = t0 + self.timeout_s
-        while not self.client.received.video_times:
+        r = self.client.received
+        while not (r.video_times or r.motions):
             if time.monotonic() > deadline:
-                raise TimeoutError("no video frame after connecting")
+                raise TimeoutError("no video frame or face motion after connecting")
             await asyncio.sleep(0.01)
         self._idle_from = time.monotonic()
-        return self.client.received.video_times[0] - t0
+        return (r.video_times[0] if r.video_times else r.motions[0][0]) - t0
 
     async def close(self) -> None:
         if self.client is not None:
@@ -249,7 +252,8 @@ class Conversation:
         listening = [t for s, t in state_events(self.client, mark) if s == "listening"]
         fps = None
         if speaking and listening and listening[-1] > speaking[0]:
-            fps = frame_rate(r.video_times, speaking[0], listening[-1])
+            faces = r.video_times or [t for t, _, _ in r.motions]
+            fps = frame_rate(faces, speaking[0], listening[-1])
         return (None if onset is None else onset - end_t), fps, judge_turn(evidence)
 
     async def ask(self, text: str) -> str | None:

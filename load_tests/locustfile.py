@@ -2,7 +2,7 @@
 
     LOCUST_SKIP_MONKEY_PATCH=1 locust -f load_tests/locustfile.py --headless \\
         --host http://127.0.0.1:8000 --users 3 --spawn-rate 1 --run-time 2m --stop-timeout 180 \\
-        --csv out/locust --html out/locust.html [--turns 2] [--barge-in-every 0] [--ice-host 127.0.0.1]
+        --csv out/locust --html out/locust.html [--turns 2] [--barge-in-every 0] [--ice-host 127.0.0.1] [--render browser]
 
 Each user opens a session with the project's Python client (load_tests/conversation.py), speaks
 recorded utterances (questions spoken by the TTS) into it in real time, waits for the whole reply,
@@ -13,7 +13,8 @@ under request type ``webrtc`` (response_time is milliseconds except where said):
     turn               voice to voice of a turn: end of the user's speech to the reply's first
                        sounding audio; a failed or incomplete turn is a failure here, with the reason
     barge-in           a barge-in turn: the talked-over reply's stop, from the voice's onset
-    video fps          frames per second received while the avatar spoke (the value is fps, not ms)
+    video fps          faces per second received while the avatar spoke (video frames, or motion
+                       packets with --render browser; the value is fps, not ms)
     hang up            DELETE and close
 
 Why ``LOCUST_SKIP_MONKEY_PATCH=1``: with gevent's monkey-patching aiortc's decoders never run
@@ -58,6 +59,9 @@ def _options(parser):
                         help="the client's ICE host address (e.g. 127.0.0.1 when the service's "
                              "sessions.host_addresses is [127.0.0.1]); empty: aiortc's default")
     parser.add_argument("--turn-timeout", type=float, default=120.0, help="seconds a reply may take")
+    parser.add_argument("--render", default="", choices=["", "server", "browser"],
+                        help="render mode asked for (browser: face motion on a data channel instead "
+                             "of video); empty: the service's default")
 
 
 @events.init.add_listener
@@ -162,7 +166,7 @@ class AvatarUser(User):
     def _converse(self):
         opts = self.environment.parsed_options
         conv = Conversation(self.host, _utterances, host_addresses=[opts.ice_host] if opts.ice_host else None,
-                            timeout_s=opts.turn_timeout)
+                            timeout_s=opts.turn_timeout, render=opts.render or None)
         started = time.time()
         try:
             setup_s = _clients.run(conv.open())

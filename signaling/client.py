@@ -32,8 +32,11 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 
 from avatarchat.audio import StreamResampler, read_wav, resample, to_pcm16
+from avatarchat.messages import FaceMotion
+from signaling import motion_channel
 
 RATE = 48000
+MAX_MOTIONS = 45_000  # faces kept in render=browser: 30 min at 25 fps
 FRAME_SAMPLES = 960  # 20 ms
 
 
@@ -114,12 +117,16 @@ class Received:
     mouth: list[np.ndarray] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     event_times: list[float] = field(default_factory=list)
+    # render=browser sessions: the face as numbers, one per frame (arrival time, frame index, motion)
+    motions: list[tuple[float, int, FaceMotion]] = field(default_factory=list)
 
     def audio_samples(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
 
     def fps(self, since: float | None = None) -> float:
-        times = [t for t in self.video_times if since is None or t >= since]
+        """Faces received per second: video frames, or motion packets in render=browser."""
+        times = self.video_times or [t for t, _, _ in self.motions]
+        times = [t for t in times if since is None or t >= since]
         if len(times) < 2:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
@@ -129,11 +136,14 @@ class AvatarClient:
     def __init__(self, server: str, *, host_addresses: list[str] | None = None,
                  mouth_box: tuple[int, int, int, int] | None = None, keep_frames: int = 3000,
                  timeout_s: float = 30.0, http_transport: httpx.AsyncBaseTransport | None = None,
-                 verify: bool | str | os.PathLike = True):
+                 verify: bool | str | os.PathLike = True, render: str | None = None):
         self.server = server.rstrip("/")
         # True (the system's CAs), False, or a CA/certificate file to trust (a self-signed HTTPS server)
         self.verify = verify if isinstance(verify, bool) else ssl.create_default_context(cafile=str(verify))
         self.host_addresses, self.mouth_box = host_addresses, mouth_box
+        # None: the server's default; "browser": no video, the face's motion on a data channel
+        self.requested_render = render
+        self.render: str | None = None  # what the server chose (the Avatar-Render header)
         self.keep_frames, self.timeout_s = keep_frames, timeout_s
         self._http_transport = http_transport  # e.g. httpx.ASGITransport(app) in in-process tests
         self.mic = Microphone()
@@ -158,19 +168,26 @@ class AvatarClient:
         t0 = time.monotonic()
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTrack(self.mic)
-        pc.addTransceiver("video", direction="recvonly")
+        browser = self.requested_render == "browser"
+        if not browser:
+            pc.addTransceiver("video", direction="recvonly")
         self._channel = pc.createDataChannel("events")
         self._channel.on("open", self._channel_open.set)
         self._channel.on("message", self._on_message)
+        if browser:
+            motion = pc.createDataChannel(motion_channel.LABEL, ordered=False, maxRetransmits=0)
+            motion.on("message", self._on_motion)
         pc.on("track", self._on_track)
         await pc.setLocalDescription(await pc.createOffer())
+        query = f"?render={self.requested_render}" if self.requested_render else ""
         async with self._http() as http:
-            r = await http.post(f"{self.server}/v1/sessions", content=pc.localDescription.sdp,
+            r = await http.post(f"{self.server}/v1/sessions{query}", content=pc.localDescription.sdp,
                                 headers={"content-type": "application/sdp"})
         if r.status_code != 201:
             await pc.close()
             raise SessionRefused(r.status_code, _reason(r), r.headers.get("retry-after"))
         self.location = r.headers["location"]
+        self.render = r.headers.get("avatar-render")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
         await asyncio.wait_for(self._channel_open.wait(), self.timeout_s)
         self.connect_s = time.monotonic() - t0
@@ -213,6 +230,14 @@ class AvatarClient:
                     r.mouth.append(frame.to_ndarray()[y0:y1, x0:x1].copy())
                 else:
                     r.mouth.append(frame.to_ndarray(format="gray")[y0:y1, x0:x1].copy())
+
+    def _on_motion(self, raw) -> None:
+        try:
+            k, motion, _ = motion_channel.unpack(raw)
+        except (ValueError, TypeError):
+            return
+        if len(self.received.motions) < MAX_MOTIONS:
+            self.received.motions.append((time.monotonic(), k, motion))
 
     def _on_message(self, raw) -> None:
         try:

@@ -13,7 +13,9 @@ already paces itself to ``lead_s`` ahead of real time, so the cap is only a safe
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 
@@ -45,6 +47,7 @@ class Playout:
         self.silent_since: float | None = None      # when the first silent frame of a hold left
         self.first_audio_at: float | None = None    # when this reply's first audio left (clock time)
         self.generation = 0                         # bumped by every flush
+        self._last_face: tuple[float, FaceMotion] | None = None  # (media time, face) last spoken
 
     # -- producer side (the session's turn task) -------------------------------------------
     @property
@@ -162,8 +165,6 @@ class Playout:
 
     def motion(self, media_t: float) -> tuple[FaceMotion, bool]:
         """The face to show at ``media_t`` and whether it is a speaking frame."""
-        from avatarchat.avatar.motion import idle_motion
-
         if self._heard is not None and self._frames and not self.held:
             heard_media, heard_reply = self._heard
             reply_t = heard_reply + min(max(media_t - heard_media, 0.0), AUDIO_FRAME_S)
@@ -175,5 +176,24 @@ class Playout:
                 if abs(nearest - k) <= 2:
                     motion = self._frames[nearest]
             if motion is not None:
+                self._last_face = (media_t, motion)
                 return motion, True
-        return idle_motion(media_t, self.idle_seed), False
+        return self._idle(media_t), False
+
+    def _idle(self, media_t: float) -> FaceMotion:
+        """The idle face, with the last reply's expression easing back to neutral."""
+        from avatarchat.avatar import expression
+        from avatarchat.avatar.motion import idle_motion
+
+        idle = idle_motion(media_t, self.idle_seed)
+        if self._last_face is None:
+            return idle
+        since, last = self._last_face
+        fade = math.exp(-max(media_t - since, 0.0) / expression.BLEND_OUT_S)
+        face = expression.Expression(last.smile * fade, last.surprise * fade)
+        if abs(face.smile) < 0.005 and face.surprise < 0.005:
+            self._last_face = None
+            return idle
+        extra = expression.offsets(face)
+        return replace(idle, brow=idle.brow + extra.brow, head_pitch=idle.head_pitch + extra.head_pitch,
+                       mouth_open=extra.mouth_open, smile=face.smile, surprise=face.surprise)

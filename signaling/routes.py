@@ -1,9 +1,12 @@
 """The HTTP side of sessions, in the shape of WHIP (RFC 9725), mounted on the Gateway's FastAPI app:
 
-    POST   /v1/sessions        Content-Type: application/sdp, the offer as body
-                               -> 201, the answer SDP as body, Location: /v1/sessions/{id}
+    POST   /v1/sessions[?render=server|browser]   Content-Type: application/sdp, the offer as body
+                               -> 201, the answer SDP as body, Location: /v1/sessions/{id},
+                                  Avatar-Render: the session's render mode
     DELETE /v1/sessions/{id}   -> 204 (404 when unknown)
-    GET    /v1/sessions        -> {"active_sessions": n, "max_sessions": m, "sessions": [counters]}
+    GET    /v1/sessions        -> {"active_sessions": n, "max_sessions": m, "render": modes,
+                                   "sessions": [counters]}
+    GET    /v1/avatar          -> the avatar pack for drawing the face in the browser (JSON)
 
 Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.max_offer_bytes``,
 415 another content type, 503 + Retry-After when full, 404 unknown session.
@@ -18,6 +21,7 @@ from avatarchat.http_io import json_error, media_type, read_body
 from signaling.service import BadOffer, Full, SessionService
 
 SDP_TYPE = "application/sdp"
+RENDER_HEADER = "Avatar-Render"  # the session's render mode: server (video) or browser (motion)
 
 
 async def create_session(service: SessionService, request: Request) -> Response:
@@ -33,19 +37,37 @@ async def create_session(service: SessionService, request: Request) -> Response:
     except UnicodeDecodeError:
         return json_error(400, "the SDP offer is not UTF-8 text")
     try:
-        session_id, answer = await service.create(offer)
+        session_id, answer, render = await service.create(offer, request.query_params.get("render"))
     except Full as err:
         return json_error(503, str(err), {"Retry-After": str(service.options.retry_after_s)})
     except BadOffer as err:
         return json_error(400, str(err))
     return Response(answer, status_code=201, media_type=SDP_TYPE,
-                    headers={"Location": f"/v1/sessions/{session_id}"})
+                    headers={"Location": f"/v1/sessions/{session_id}", RENDER_HEADER: render})
 
 
 async def delete_session(service: SessionService, session_id: str) -> Response:
     if not await service.end(session_id, "hung up"):
         return json_error(404, f"no session {session_id!r}")
     return Response(status_code=204)
+
+
+def avatar_for_browser(service: SessionService) -> Response:
+    """The pack as the page draws it in render=browser sessions (avatarchat/avatar/browser_pack.py),
+    built once per process: ~0.5 MB of JSON, cacheable for as long as the process lives."""
+    global _browser_pack
+    if _browser_pack is None or _browser_pack[0] is not service.deps.renderer:
+        import json
+
+        from avatarchat.avatar.browser_pack import browser_pack
+
+        body = json.dumps(browser_pack(service.deps.renderer), separators=(",", ":")).encode()
+        _browser_pack = (service.deps.renderer, body)
+    return Response(_browser_pack[1], media_type="application/json",
+                    headers={"Cache-Control": "private, max-age=300"})
+
+
+_browser_pack: tuple[object, bytes] | None = None
 
 
 def count_sessions(service: SessionService) -> dict:

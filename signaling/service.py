@@ -94,8 +94,21 @@ class SessionService:
     def __len__(self) -> int:
         return len(self.registry)
 
-    async def create(self, offer_sdp: str) -> tuple[str, str]:
-        """Answer an offer: (session id, answer SDP with every candidate). Raises Full or BadOffer."""
+    def render_mode(self, requested: str | None) -> str:
+        """The render mode for a new session: ``requested`` if this deployment offers it, else
+        the configured default (the first of ``sessions.render``). Raises BadOffer."""
+        modes = self.options.render
+        if requested is None or requested == "":
+            return modes[0]
+        if requested not in modes:
+            raise BadOffer(f"render={requested!r} is not offered here; sessions.render allows "
+                           f"{', '.join(modes)}")
+        return requested
+
+    async def create(self, offer_sdp: str, render: str | None = None) -> tuple[str, str, str]:
+        """Answer an offer: (session id, answer SDP with every candidate, render mode). Raises
+        Full or BadOffer."""
+        render = self.render_mode(render)
         check_offer(offer_sdp)
         self.registry.reserve()  # raises Full
         self.registry.start_reaper()
@@ -103,7 +116,7 @@ class SessionService:
         self._peer_connections.add(pc)
         session_id = new_session_id()
         self._seed += 1
-        session = Session(session_id, pc, self.deps, seed=self._seed)
+        session = Session(session_id, pc, self.deps, seed=self._seed, render=render)
         try:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -112,7 +125,7 @@ class SessionService:
             # check_offer made sure of an m=audio section, so there is an audio transceiver
             kinds = {t.kind for t in pc.getTransceivers()}
             pc.addTrack(session.audio_out)
-            if "video" in kinds:
+            if "video" in kinds and render == "server":
                 pc.addTrack(session.video_out)
             # aiortc gathers every candidate here: the answer is complete (no trickle ICE).
             await pc.setLocalDescription(await pc.createAnswer())
@@ -122,13 +135,14 @@ class SessionService:
             raise
         self.registry.add(session)
         log.info("session %s created (%d/%d)", session_id, len(self.registry), self.options.max_sessions)
-        return session_id, pc.localDescription.sdp
+        return session_id, pc.localDescription.sdp, render
 
     async def end(self, session_id: str, reason: str = "hung up") -> bool:
         return await self.registry.end(session_id, reason)
 
     def describe(self) -> dict:
-        return {"active_sessions": len(self.registry), "max_sessions": self.options.max_sessions}
+        return {"active_sessions": len(self.registry), "max_sessions": self.options.max_sessions,
+                "render": list(self.options.render)}
 
     def stats(self) -> list[dict]:
         """Per-session media counters, oldest session first (for tests and diagnosis). No user
@@ -137,9 +151,9 @@ class SessionService:
         for sid in self.registry.ids():
             s = self.registry.get(sid)
             age = s.deps.clock() - (s.connected_at or s.created_at)
-            out.append({"state": s.state, "turns": s.turns, "age_s": round(age, 1),
-                        "video_frames_sent": s.video_out.frames_sent,
-                        "video_frames_skipped": s.video_out.frames_skipped,
+            out.append({"state": s.state, "turns": s.turns, "age_s": round(age, 1), "render": s.render,
+                        "video_frames_sent": s.frames_out.frames_sent,
+                        "video_frames_skipped": s.frames_out.frames_skipped,
                         "tasks": s.active_tasks})
         return out
 

@@ -40,6 +40,7 @@ from avatarchat.ports import StagePorts
 from avatarchat.end_of_turn import end_of_turn_for
 from avatarchat.segmenter import SpeechEnded, SpeechStarted
 from avatarchat.turn import Turn, TurnOptions
+from signaling import motion_channel
 from signaling.barge_in import BargeIn, BargeInDetector
 from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
 from signaling.playout import Playout
@@ -69,8 +70,10 @@ class SessionDeps:
 
 
 class Session:
-    def __init__(self, session_id: str, pc: RTCPeerConnection, deps: SessionDeps, seed: int = 0):
+    def __init__(self, session_id: str, pc: RTCPeerConnection, deps: SessionDeps, seed: int = 0,
+                 render: str = "server"):
         self.id, self.pc, self.deps = session_id, pc, deps
+        self.render = render  # "server": video track; "browser": face motion on the motion channel
         now = deps.clock()
         self.created_at = self.last_input_at = now
         self.connected_at: float | None = None
@@ -82,6 +85,7 @@ class Session:
         self.playout = Playout(deps.fps, idle_seed=seed, clock=deps.clock)
         self.audio_out = AvatarAudioTrack(self.playout)
         self.video_out = AvatarVideoTrack(self.playout, deps.renderer)
+        self.motion_out = motion_channel.MotionSender(self.playout)
         self._channel: RTCDataChannel | None = None
         self._unsent: deque[str] = deque(maxlen=_PENDING_EVENTS)
         self._tasks: set[asyncio.Task] = set()
@@ -110,6 +114,13 @@ class Session:
             self._spawn(self._listen(track), "listen")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == motion_channel.LABEL and self.render == "browser":
+            start = lambda: self._spawn(self.motion_out.run(channel), "motion")  # noqa: E731
+            if channel.readyState == "open":
+                start()
+            else:
+                channel.on("open", start)
+            return
         if channel.label != "events":
             return
         self._channel = channel
@@ -344,6 +355,11 @@ class Session:
             log.error("session %s: task %s failed: %r", self.id, task.get_name(), task.exception())
 
     @property
+    def frames_out(self):
+        """What sends this session's face: the video track, or the motion sender in browser mode."""
+        return self.motion_out if self.render == "browser" else self.video_out
+
+    @property
     def active_tasks(self) -> int:
         return len(self._tasks)
 
@@ -368,7 +384,7 @@ class Session:
             self._tasks.difference_update(tasks)
         self.audio_out.stop()
         self.video_out.stop()
-        self.deps.metrics.frames_skipped(self.video_out.frames_skipped)
+        self.deps.metrics.frames_skipped(self.frames_out.frames_skipped)
         try:
             await asyncio.wait_for(self.pc.close(), 5)
         except Exception as err:  # noqa: BLE001

@@ -48,6 +48,10 @@ def build(config_path: str, app_name: str = "avatar") -> FastAPI:
     async def count() -> dict:
         return routes.count_sessions(service)
 
+    @api.get("/v1/avatar")
+    async def avatar() -> Response:
+        return routes.avatar_for_browser(service)
+
     @api.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}

@@ -32,6 +32,7 @@ class MouthShape:
     spread: float = 0.08  # each corner's outward travel at mouth_width=+1 ("ee")
     round: float = 0.11  # each corner's inward travel at mouth_width=-1 ("oo")
     smile_lift: float = 0.03  # corners rise this much at mouth_width=+1
+    expression_lift: float = 0.08  # corners rise (smile=+1, happy) or fall (smile=-1, sad) this much
     seam_offset_px: float = 0.6  # the teeth end this far above the lower inner lip landmarks
 
     # mouth interior colours (RGB): the throat behind the teeth, and the tongue low in the mouth
@@ -125,6 +126,7 @@ class MouthWarp:
         self.spread_px = shape.spread * width
         self.round_px = shape.round * width
         self.smile_px = shape.smile_lift * width
+        self.expression_px = shape.expression_lift * width
 
         # Crop to where a visible part moves: lower fields matter between the closing distance above
         # the seam and the drop below the jaw line, upper ones down to the widest opening.
@@ -133,7 +135,8 @@ class MouthWarp:
         x0, y0, x1, y1 = support_box(
             [np.where(lower_zone, fl_open, 0), np.where(lower_zone, fl_close, 0),
              np.where(upper_zone, fu_open, 0), np.where(upper_zone, fu_close, 0),
-             corner_x * max(self.spread_px, self.round_px), corner_y * self.smile_px],
+             corner_x * max(self.spread_px, self.round_px),
+             corner_y * (self.smile_px + self.expression_px)],
             bx0, by0, eps=0.02, pad=2, limit=(w_img, h_img))
         self.box = (x0, y0, x1, y1)
         c = (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0))
@@ -152,25 +155,31 @@ class MouthWarp:
         self.tongue = np.array(shape.tongue, np.float32)
         self.teeth = np.array(shape.teeth, np.float32)
         self.lower_teeth_alpha = np.float32(shape.lower_teeth_alpha)
-        self._rest = self._draw(0.0, 0.0)  # silence is the commonest frame: draw it once
+        self._rest = self._draw(0.0, 0.0, 0.0)  # silence is the commonest frame: draw it once
 
-    def apply(self, canvas: np.ndarray, mouth_open: float, mouth_width: float) -> None:
+    def apply(self, canvas: np.ndarray, mouth_open: float, mouth_width: float,
+              smile: float = 0.0) -> None:
         """Draw the mouth pose into ``canvas`` (a copy of the photo) in place."""
         o = float(np.clip(mouth_open, 0.0, 1.0))
         w = float(np.clip(mouth_width, -1.0, 1.0))
+        e = float(np.clip(smile, -1.0, 1.0))
         x0, y0, x1, y1 = self.box
-        canvas[y0:y1, x0:x1] = self._rest if (o == 0.0 and w == 0.0) else self._draw(o, w)
+        rest = o == 0.0 and w == 0.0 and e == 0.0
+        canvas[y0:y1, x0:x1] = self._rest if rest else self._draw(o, w, e)
 
-    def _draw(self, o: float, w: float) -> np.ndarray:
+    def _draw(self, o: float, w: float, e: float) -> np.ndarray:
         fu = self.fu_close * (1.0 - o) + self.fu_open * o  # downward travel of the upper part
         fl = self.fl_close * (1.0 - o) + self.fl_open * o  # downward travel of the lower part
         seam_rel, jaw_rel, u = self.seam_rel, self.jaw_rel, self.u
         qx, qy = self.X, self.Y
-        if w != 0.0:
+        # Corners: spreading or rounding (speech), lifted or dropped (expression); a smile also
+        # widens the mouth a little.
+        dx = w * (self.spread_px if w > 0 else self.round_px) + 0.5 * max(e, 0.0) * self.spread_px
+        lift = max(w, 0.0) * self.smile_px + e * self.expression_px
+        if dx != 0.0 or lift != 0.0:
             # Corners first (the outermost warp), then the open/close fields at the moved point.
-            travel = self.spread_px if w > 0 else self.round_px
-            qx = self.X - w * travel * self.corner_x
-            qy = self.Y + max(w, 0.0) * self.smile_px * self.corner_y
+            qx = self.X - np.float32(dx) * self.corner_x
+            qy = self.Y + np.float32(lift) * self.corner_y
             x0, y0 = self.box[:2]
             moved = cv2.remap(cv2.merge([fu, fl]), qx - x0, qy - y0, cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)

@@ -42,7 +42,7 @@ class PortraitRenderer:
     def render(self, motion: FaceMotion) -> np.ndarray:
         """The frame for ``motion``: (H, W, 3) uint8 RGB, a new array."""
         canvas = self.image.copy()
-        self.mouth.apply(canvas, motion.mouth_open, motion.mouth_width)
+        self.mouth.apply(canvas, motion.mouth_open, motion.mouth_width, motion.smile)
         for eye in self.eyes:
             eye.apply(canvas, motion.blink, motion.brow)
         m = head_matrix(motion.head_yaw, motion.head_pitch, motion.head_roll, motion.breath,

@@ -1,6 +1,8 @@
 // avatar-chat web page: one live session over WebRTC (docs/protocol.md), no build step.
 //
 //   microphone -> RTCPeerConnection (audio sendrecv, video recvonly, "events" data channel)
+//   render=browser (?render=browser, or the server's default): no video; a "motion" data channel
+//   carries a few numbers a frame and face.js draws the face on a canvas, in step with the audio
 //   POST /v1/sessions (application/sdp, non-trickle: candidates gathered first) -> answer
 //   events in: state, transcripts (user final; avatar deltas, then final), timings, interruption,
 //   error, closed
@@ -33,7 +35,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    state: $("state"), notice: $("notice"), video: $("avatar"), placeholder: $("placeholder"),
+    state: $("state"), notice: $("notice"), video: $("avatar"), face: $("face"), placeholder: $("placeholder"),
     start: $("start"), stop: $("stop"), mute: $("mute"), interrupt: $("interrupt"),
     transcript: $("transcript"), form: $("text-form"), text: $("text"), send: $("send"),
     timings: $("timings"),
@@ -246,6 +248,7 @@
     // promise settles once the avatar's tracks arrive, or fails harmlessly when they replace it.
     ui.video.play().catch(() => {});
     clearNotice();
+    stopFace();
     setControls("connecting");
     setState("connecting");
     let mic, audioContext = null;
@@ -261,20 +264,37 @@
     }
     if (textOnly) showNotice("needs-https", `${NEEDS_HTTPS} Typing works: this session is text-only.`);
     const s = session = {mic, audioContext, textOnly, pc: null, channel: null, location: null, ended: false,
-                         avatarLine: null, userPartial: null, ignoreDeltas: false, closedReason: null};
+                         avatarLine: null, userPartial: null, ignoreDeltas: false, closedReason: null,
+                         render: "server", motion: null, face: null};
     try {
-      const pc = s.pc = new RTCPeerConnection({iceServers: await iceServers()});
+      const [servers, render] = await Promise.all([iceServers(), renderMode()]);
+      s.render = render;
+      const pc = s.pc = new RTCPeerConnection({iceServers: servers});
       if (s.ended) return;
       pc.addTransceiver(mic.getAudioTracks()[0], {direction: "sendrecv", streams: [mic]});
-      pc.addTransceiver("video", {direction: "recvonly"});
+      if (render === "browser") {
+        // a late face is useless: unordered, never retransmitted
+        s.motion = pc.createDataChannel("motion", {ordered: false, maxRetransmits: 0});
+        s.motion.binaryType = "arraybuffer";
+        s.facePromise = loadFace();
+      } else {
+        pc.addTransceiver("video", {direction: "recvonly"});
+      }
       s.channel = pc.createDataChannel("events");
       watch(s);
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc);
       if (s.ended) return;
-      const res = await fetch("/v1/sessions", {
+      const res = await fetch(`/v1/sessions?render=${encodeURIComponent(render)}`, {
         method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp});
       if (res.status !== 201) throw await refusal(res);
+      if (s.motion) {
+        const renderer = await s.facePromise;
+        if (s.ended) return;
+        const audio = pc.getReceivers().find((r) => r.track && r.track.kind === "audio");
+        s.face = faceView.player = new window.AvatarFace.FacePlayer(renderer, audio || null);
+        s.motion.addEventListener("message", (e) => s.face.onPacket(e.data));
+      }
       const where = res.headers.get("Location");
       s.location = where ? new URL(where, window.location.href).href : null;
       const answer = await res.text();
@@ -291,6 +311,45 @@
       else if (err instanceof TypeError) end(s, "connection-failed", `Connection failed: the server could not be reached (${err.message}).`);
       else end(s, "connection-failed", `Connection failed: ${err && err.message ? err.message : err}`);
     }
+  }
+
+  // -- the face drawn here (render=browser) ---------------------------------------------------------
+  const faceView = {renderer: null, player: null, packPromise: null};
+
+  // ?render= in the page's address, else the server's default (the first mode it offers)
+  async function renderMode() {
+    const asked = new URLSearchParams(window.location.search).get("render");
+    if (asked) return asked;
+    try {
+      const res = await fetch("/v1/sessions", {cache: "no-store"});
+      const modes = (await res.json()).render;
+      if (Array.isArray(modes) && modes.length) return modes[0];
+    } catch (_) { /* an older server: video */ }
+    return "server";
+  }
+
+  async function loadFace() {
+    if (!faceView.packPromise) {
+      faceView.packPromise = fetch("/v1/avatar").then((res) => {
+        if (!res.ok) throw new Error(`GET /v1/avatar answered HTTP ${res.status}`);
+        return res.json();
+      });
+    }
+    const pack = await faceView.packPromise;
+    if (!faceView.renderer) faceView.renderer = await window.AvatarFace.FaceRenderer.load(pack, ui.face);
+    const r = faceView.renderer;
+    r.draw(r.motionFromList([]));  // the resting face until the first packet
+    ui.face.hidden = false;
+    ui.video.classList.add("audio-only");
+    ui.placeholder.hidden = true;
+    return r;
+  }
+
+  function stopFace() {
+    if (faceView.player) faceView.player.stop();
+    faceView.player = null;
+    ui.face.hidden = true;
+    ui.video.classList.remove("audio-only");
   }
 
   function watch(s) {
@@ -364,6 +423,7 @@
     for (const track of s.mic.getTracks()) track.stop();
     if (s.audioContext) s.audioContext.close().catch(() => {});
     ui.video.srcObject = null;
+    stopFace();
     ui.placeholder.hidden = false;
     if (session === s) session = null;
     setControls("off");
@@ -408,6 +468,14 @@
   window.avatarChat = {
     get pc() { return session ? session.pc : null; },
     get connected() { return !!session && !!session.pc && session.pc.connectionState === "connected"; },
+    get render() { return session ? session.render : null; },
+    get face() { return faceView.player; },  // render=browser: faces received and drawn
+    // draw one face from FaceMotion values (the order of GET /v1/avatar's motion_fields)
+    async drawFace(values) {
+      const r = faceView.renderer || await loadFace();
+      r.draw(r.motionFromList(values));
+      return ui.face.toDataURL("image/png");
+    },
     events,
   };
 })();

@@ -15,6 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -237,6 +238,79 @@ async def test_a_spoken_question_in_the_browser_is_answered_with_voice_and_a_mov
           f"{fps:.1f} fps, mouth motion talking {talk_motion:.1f} vs idle {rest_motion:.1f}, "
           f"audio energy {stats_replied['audio_energy']:.3f}, interrupt -> listening {interrupt_s:.2f} s\n"
           f"  user: {user!r}\n  avatar: {reply!r}")
+
+
+# render=browser: sample the face canvas's mouth region every 100 ms, with the state shown then.
+FACE_SAMPLER = """([x0, y0, x1, y1]) => {
+  const canvas = document.getElementById("face");
+  const probe = window.__probe = {samples: []};
+  setInterval(() => {
+    if (canvas.hidden || !canvas.width) return;
+    const d = canvas.getContext("2d").getImageData(x0, y0, x1 - x0, y1 - y0).data;
+    const luma = [];
+    for (let i = 0; i < d.length; i += 4) luma.push(Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]));
+    const face = window.avatarChat.face;
+    probe.samples.push({t: performance.now(), state: document.getElementById("state").dataset.state,
+                        drawn: face ? face.drawn : 0, luma});
+  }, 100);
+}"""
+
+
+async def test_in_browser_render_mode_the_page_draws_a_talking_face_with_no_video(
+        chromium, service, mic_wav, tmp_path, shots):
+    async with browser_page(chromium, mic_wav, tmp_path / "profile") as page:
+        await page.goto(f"{service.url}/?render=browser")
+        await page.evaluate(FACE_SAMPLER, list(MOUTH_BOX))
+        await page.click("#start")
+        await page.wait_for_function(
+            "window.avatarChat.connected || !document.getElementById('notice').hidden", timeout=15_000)
+        assert await page.is_hidden("#notice"), await page.text_content("#notice")
+        assert await page.evaluate("window.avatarChat.render") == "browser"
+        await page.wait_for_selector('#state[data-state="listening"]', timeout=10_000)
+        stats_connected = await page.evaluate(STATS)
+        # The recorded question is answered; screenshots of the face while the avatar speaks.
+        await page.wait_for_selector('#state[data-state="speaking"]', timeout=120_000)
+        face = page.locator("#face")
+        first = tmp_path / "face_1.png"
+        await face.screenshot(path=str(first))
+        await asyncio.sleep(0.37)
+        second = tmp_path / "face_2.png"
+        await face.screenshot(path=str(second))
+        await page.wait_for_selector(".line.avatar.final", timeout=120_000)
+        await page.wait_for_selector('#state[data-state="listening"]', timeout=60_000)
+        await asyncio.sleep(0.5)
+        stats = await page.evaluate(STATS)
+        probe = await page.evaluate("window.__probe")
+        received = await page.evaluate("window.avatarChat.face.received")
+        await page.screenshot(path=str(shots / "page_browser_render.png"))
+        await page.click("#stop")
+        await page.wait_for_selector('#state[data-state="off"]')
+        await wait_sessions(service, 0, 5)
+        errors = [m for m in page.console_messages if "error" in m.lower()]
+        assert not errors, errors
+
+    # No video was sent, the voice was, and faces were drawn at a real-time rate.
+    assert stats["video_frames"] == 0
+    assert stats["audio_energy"] > stats_connected["audio_energy"] + 1e-3, (stats_connected, stats)
+    samples = probe["samples"]
+    span_s = (samples[-1]["t"] - samples[0]["t"]) / 1000
+    fps = (samples[-1]["drawn"] - samples[0]["drawn"]) / span_s
+    assert fps > 15 and received > 100, (fps, received)
+    # Two moments of speech differ in the mouth region (the screenshots are of the canvas, 512 px
+    # shown at the page's size, so compare the mouth box scaled to it).
+    a, b = (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).astype(np.float32) for p in (first, second))
+    scale = a.shape[1] / 512
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in MOUTH_BOX)
+    assert np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]).mean() > 1.0
+    # The mouth moves while the avatar speaks, more than the idle face does.
+    talking = np.array([s["luma"] for s in samples if s["state"] == "speaking"], np.float32)
+    first_turn = next(i for i, s in enumerate(samples) if s["state"] in ("thinking", "speaking"))
+    resting = np.array([s["luma"] for s in samples[:first_turn] if s["state"] == "listening"], np.float32)
+    assert len(resting) >= 5 and len(talking) >= 10, (len(resting), len(talking))
+    talk_motion, rest_motion = talking.std(axis=0).mean(), resting.std(axis=0).mean()
+    assert talk_motion > 3.0 and talk_motion > 1.5 * rest_motion, (talk_motion, rest_motion)
+    print(f"\nbrowser render: {fps:.1f} faces/s drawn, {received} received, mouth motion talking "
+          f"{talk_motion:.1f} vs idle {rest_motion:.1f}")
 
 
 async def test_the_page_says_when_the_microphone_is_refused_the_server_full_or_unreachable(

@@ -272,3 +272,84 @@ async def test_timings_carry_every_per_turn_measure():
             assert isinstance(timings[key], float) and timings[key] >= 0, (key, timings)
     finally:
         await client.close()
+
+
+# -- render=browser: the face as numbers on the "motion" channel, no video -----------------------------
+
+
+async def test_browser_render_sends_motion_in_step_with_the_sound_and_no_video():
+    app, service = make_app()
+    client = client_for(app, render="browser")
+    await client.connect()
+    try:
+        assert client.render == "browser"
+        await asyncio.sleep(1.0)  # idle faces first
+        client.send_text("What is your name?")
+        await client.wait_for_event(lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30)
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30)
+        await asyncio.sleep(0.5)
+        r = client.received
+        assert r.video_times == []  # nothing encoded
+        assert 10 <= r.fps() <= 30
+        frames = [k for _, k, _ in r.motions]
+        assert frames == sorted(frames)  # unordered channel, but loopback keeps order; no repeats
+        mouth = np.array([m.mouth_open for _, _, m in r.motions])
+        assert mouth.max() > 0.5 and mouth[:20].max() == 0.0  # speaks, and was closed while idle
+        times = [t for t, _, _ in r.motions]
+        env = np.array([float(np.sqrt(np.mean(a ** 2))) for a in r.audio])
+        from avatarchat.lipsync import envelope_lag
+
+        lag, corr = envelope_lag(r.audio_times, env, times, mouth)
+        assert corr > 0.5 and abs(lag) <= 0.08, (lag, corr)
+        session = service.registry.get(client.session_id)
+        assert session.frames_out.frames_sent > 40
+        assert session.video_out.frames_sent == 0
+    finally:
+        assert await client.close() == 204
+    await service.close_all()
+
+
+async def test_a_render_mode_the_deployment_does_not_offer_is_refused_with_the_allowed_ones():
+    app, service = make_app(render=["server"])
+    for mode, status in (("browser", 400), ("pixels", 400)):
+        client = client_for(app, render=mode)
+        with pytest.raises(SessionRefused) as refused:
+            await client.connect()
+        assert refused.value.status == status and "sessions.render allows server" in refused.value.reason
+    assert len(service) == 0
+    ok = client_for(app)
+    await ok.connect()
+    assert ok.render == "server"
+    await ok.close()
+    await service.close_all()
+
+
+async def test_an_emotion_tag_from_the_llm_shows_on_the_face_and_not_in_the_text():
+    app, service = make_app(llm={"reply": "[happy] That is wonderful news! Well done."})
+    client = client_for(app, render="browser")
+    await client.connect()
+    try:
+        client.send_text("I passed my exam.")
+        done = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30)
+        assert done["text"] == "That is wonderful news! Well done."
+        deltas = "".join(e["text"] for e in client.events_of("transcript", role="avatar", final=False))
+        assert "[" not in deltas and "happy" not in deltas
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30)
+        await asyncio.sleep(4.5)  # the smile eases out once the reply is over (0.6 s time constant)
+        smiles = [m.smile for _, _, m in client.received.motions]
+        assert max(smiles) > 0.6
+        assert smiles[-1] == 0.0
+    finally:
+        await client.close()
+    await service.close_all()
+
+
+def test_the_avatar_for_the_browser_is_served_once_built():
+    _, service = make_app()
+    first = routes.avatar_for_browser(service)
+    pack = __import__("json").loads(first.body)
+    assert first.media_type == "application/json" and pack["format"] == 1
+    assert pack["motion_fields"][:2] == ["mouth_open", "mouth_width"] and len(pack["eyes"]) == 2
+    assert pack["image"].startswith("data:image/png;base64,")
+    assert routes.avatar_for_browser(service).body is first.body  # built once per process

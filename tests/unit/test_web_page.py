@@ -19,6 +19,7 @@ def test_the_page_and_its_files_are_served_with_their_types():
     page = c.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<video id="avatar"' in page.text and "/static/app.js" in page.text
+    assert '<canvas id="face"' in page.text and "/static/face.js" in page.text
     assert "/static/style.css" in page.text
     js = c.get("/static/app.js")
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
@@ -38,5 +39,6 @@ def test_the_page_speaks_the_protocol():
                    'direction: "recvonly"', 'direction: "sendrecv"', "echoCancellation: true",
                    "noiseSuppression: true", "autoGainControl: true", 'method: "DELETE", keepalive: true',
                    '{type: "interrupt"}', '{type: "text", text}', "iceGatheringState", "Retry-After",
-                   "NotAllowedError"):
+                   "NotAllowedError", 'createDataChannel("motion", {ordered: false, maxRetransmits: 0})',
+                   '"/v1/avatar"', "?render="):
         assert needle in js, needle

@@ -13,11 +13,15 @@ from collections.abc import AsyncIterator
 
 from pydantic import Field
 
+from avatarchat.avatar import expression
 from avatarchat.avatar.motion import SpeechMouth, SpeechMouthOptions, frame_range, idle_motion
 from avatarchat.avatar.pack import AvatarPack
 from avatarchat.backends.avatar.base import AvatarBackend
 from avatarchat.config import Options
 from avatarchat.messages import AnimateRequest, AudioChunk, AvatarChunk, FaceMotion
+
+
+STRESS_NOD_DEG = 1.6  # head dip (degrees) at full stress (the mouth track's brow value, 0 .. 0.5)
 
 
 class PortraitAvatar(AvatarBackend):
@@ -54,6 +58,7 @@ class PortraitAvatar(AvatarBackend):
         if n == 0:
             return
         track = self._mouth.track(audio, request.previous)
+        faces = self._expressions(len(track), request)
         sr, fps = audio.sample_rate, self.fps
         step = max(1, round(self.options.chunk_s * sr))
         cuts = list(range(0, n, step)) + [n]
@@ -65,18 +70,36 @@ class PortraitAvatar(AvatarBackend):
             start = audio.start + a / sr
             end = audio.end if b == n else audio.start + b / sr
             frames = frame_range(start, end, fps)
-            motions = tuple(self._frame(track, k, request.seed) for k in frames)
+            motions = tuple(self._frame(track, faces, k, request.seed) for k in frames)
             yield AvatarChunk(AudioChunk(audio.samples[a:b], sr, start), motions, frames.start, fps,
                               request.speech.text, request.speech.sentence)
             await asyncio.sleep(0)  # let other sessions' streams run between chunks
 
-    def _frame(self, track, k: int, seed: int) -> FaceMotion:
+    def _expressions(self, n: int, request: AnimateRequest) -> list[expression.Expression]:
+        """The expression in each of the ``n`` frames: eased from the previous frame's towards the
+        request's emotion, so sentences and emotions change without a jump."""
+        p = request.previous
+        current = expression.Expression(p.smile, p.surprise) if p else expression.Expression()
+        goal, dt = expression.target(request.emotion), 1.0 / self.fps
+        out = []
+        for _ in range(n):
+            current = expression.ease(current, goal, dt, expression.BLEND_IN_S)
+            out.append(current)
+        return out
+
+    def _frame(self, track, faces, k: int, seed: int) -> FaceMotion:
         idle = idle_motion(k / self.fps, seed, self.options.idle_scale)
         i = k - track.first_frame
-        return FaceMotion(mouth_open=float(track.open[i]), mouth_width=float(track.width[i]),
-                          head_yaw=idle.head_yaw, head_pitch=idle.head_pitch,
+        face = faces[i]
+        extra = expression.offsets(face)
+        return FaceMotion(mouth_open=max(float(track.open[i]), extra.mouth_open),
+                          mouth_width=float(track.width[i]),
+                          # stressed syllables: the brows lift and the head dips a little
+                          head_yaw=idle.head_yaw,
+                          head_pitch=idle.head_pitch + extra.head_pitch + STRESS_NOD_DEG * float(track.brow[i]),
                           head_roll=idle.head_roll, blink=idle.blink,
-                          brow=idle.brow + float(track.brow[i]), breath=idle.breath)
+                          brow=idle.brow + float(track.brow[i]) + extra.brow, breath=idle.breath,
+                          smile=face.smile, surprise=face.surprise)
 
 
 BACKEND = PortraitAvatar
