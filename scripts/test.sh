@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The avatar-pack tool's own venv (mediapipe pins numpy<2; first run ~1 min), for
+# tests/integration/test_make_pack.py. A failure here stops the run: that test must not be skipped.
+AVATAR_CHAT_PACK_PYTHON=$(bash scripts/make_pack_venv.sh)
+export AVATAR_CHAT_PACK_PYTHON
 # Chromium for the browser test (tests/cluster/test_browser.py): Debian's package, needed by the
 # tests only (the service never needs it). Playwright never downloads a browser.
 if [ "${AVATAR_CHAT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
