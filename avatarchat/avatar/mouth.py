@@ -32,7 +32,7 @@ class MouthShape:
     spread: float = 0.08  # each corner's outward travel at mouth_width=+1 ("ee")
     round: float = 0.11  # each corner's inward travel at mouth_width=-1 ("oo")
     smile_lift: float = 0.03  # corners rise this much at mouth_width=+1
-    expression_lift: float = 0.08  # corners rise (smile=+1, happy) or fall (smile=-1, sad) this much
+    expression_lift: float = 0.13  # corners rise (smile=+1, happy) or fall (smile=-1, sad) this much
     seam_offset_px: float = 0.6  # the teeth end this far above the lower inner lip landmarks
 
     # mouth interior colours (RGB): the throat behind the teeth, and the tongue low in the mouth

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from avatarchat.avatar import expression
 from avatarchat.avatar.pack import AvatarPack
 from avatarchat.avatar.renderer import PortraitRenderer
 from avatarchat.messages import FaceMotion
@@ -31,6 +32,22 @@ POSES = [
     ("brow +1, open 0.4", FaceMotion(brow=1.0, mouth_open=0.4)),
     ("yaw +4, roll -3, open 0.5", FaceMotion(head_yaw=4.0, head_roll=-3.0, mouth_open=0.5)),
     ("pitch +4, breath 1", FaceMotion(head_pitch=4.0, breath=1.0)),
+]
+
+
+def _expression(emotion: str, mouth_open: float = 0.0) -> FaceMotion:
+    """The face at full ``emotion``, as the avatar stage composes it (avatarchat/avatar/expression.py)."""
+    e = expression.target(emotion)
+    extra = expression.offsets(e)
+    return FaceMotion(mouth_open=max(mouth_open, extra.mouth_open), brow=extra.brow,
+                      head_pitch=extra.head_pitch, smile=e.smile, surprise=e.surprise)
+
+
+POSES += [
+    ("happy", _expression("happy")),
+    ("sad", _expression("sad")),
+    ("surprised", _expression("surprised")),
+    ("happy, open 0.5", _expression("happy", 0.5)),
 ]
 
 
