@@ -45,3 +45,25 @@ def sound_to_mouth_lag(received, since: float | None = None) -> tuple[float, flo
         keep_a, keep_v = at >= since, vt >= since
         at, env, vt, motion = at[keep_a], env[keep_a], vt[keep_v], motion[keep_v]
     return envelope_lag(at, env, vt, motion)
+
+
+def sound_to_motion_lag(received, since: float | None = None) -> tuple[float, float]:
+    """As :func:`sound_to_mouth_lag` for a render=browser session: the mouth is the received
+    ``mouth_open`` values at their arrival times (the page draws each one then, after the audio's
+    jitter-buffer delay, which the sound's arrival time does not include either)."""
+    env = np.array([float(np.sqrt(np.mean(a ** 2))) for a in received.audio])
+    at = np.asarray(received.audio_times)
+    vt = np.array([t for t, _, _ in received.motions])
+    opening = np.array([m.mouth_open for _, _, m in received.motions])
+    if since is not None:
+        keep_a, keep_v = at >= since, vt >= since
+        at, env, vt, opening = at[keep_a], env[keep_a], vt[keep_v], opening[keep_v]
+    return envelope_lag(at, env, vt, opening)
+
+
+def lip_sync(received, since: float | None = None) -> tuple[float, float]:
+    """(lag, correlation) of the mouth behind the sound, from video or from motion packets."""
+    if received.motions and not received.video_times:
+        return sound_to_motion_lag(received, since)
+    return sound_to_mouth_lag(received, since)
+

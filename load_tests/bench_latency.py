@@ -2,7 +2,7 @@
 audio/video offset of what is received, and the server's per-stage breakdown.
 
     python -m load_tests.bench_latency [--server URL] [--rounds 3] [--no-interrupt]
-                                       [--json out.json] [--png out.png]
+                                       [--render browser] [--json out.json] [--png out.png]
 
 Each round connects one session with the Python client (signaling/client.py, loopback only) and
 speaks each input into its microphone in real time: a real human recording (beckett.wav from
@@ -30,9 +30,10 @@ Measured (client monotonic clock; audio judged in 10 ms windows, sounding when R
   decision to cancel the reply (signaling/barge_in.py pauses the audio at the first voiced chunk and
   cancels once the voice has lasted min_speech_s, so this is expected to come after the silence).
   A trial where the long reply finished by itself first (interrupted: false) has neither.
-- av_offset_s: per round, the lag of the mouth's movement (mouth-box crops of the received video)
-  behind the received audio envelope, by cross-correlation (avatarchat/lipsync.py); positive: the
-  mouth is late.
+- av_offset_s: per round, the lag of the mouth's movement (mouth-box crops of the received video;
+  with --render browser the received mouth_open values) behind the received audio envelope, by
+  cross-correlation (avatarchat/lipsync.py); positive: the mouth is late. av_correlation is the
+  lip-sync score: how well the mouth follows the sound's energy at that lag.
 - server.*: every numeric field of the server's "timings" event for the turn that answered (the last
   one received for that input), as the server sends it.
 
@@ -54,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarchat.latency import THRESHOLD, received_windows, silence_onset, sound_onset, sound_span
-from avatarchat.lipsync import sound_to_mouth_lag
+from avatarchat.lipsync import lip_sync
 from avatarchat.local_cluster import ROOT
 from load_tests.conversation import STORY, is_reply_done, is_user, state_events, wait_answered, wait_sent
 
@@ -148,12 +149,13 @@ async def barge_in(client, barge: tuple[str, np.ndarray, int], threshold: float)
     return [stop_row, answer_row]
 
 
-async def one_round(server: str, round_no: int, cases, barge, threshold: float, interrupt: bool) -> dict:
+async def one_round(server: str, round_no: int, cases, barge, threshold: float, interrupt: bool,
+                    render: str | None = None) -> dict:
     from avatarchat.avatar.pack import AvatarPack
     from signaling.client import AvatarClient
 
     client = AvatarClient(server, host_addresses=LOOPBACK, keep_frames=12000,
-                          mouth_box=AvatarPack.load("astronaut").regions["mouth_box"])
+                          mouth_box=AvatarPack.load("astronaut").regions["mouth_box"], render=render)
     await client.connect()
     rows: list[dict] = []
     try:
@@ -168,11 +170,11 @@ async def one_round(server: str, round_no: int, cases, barge, threshold: float, 
                 print(f"  round {round_no}: {json.dumps(row)}", file=sys.stderr)
         lag = corr = after_lag = None
         try:
-            lag, corr = sound_to_mouth_lag(client.received)
+            lag, corr = lip_sync(client.received)
             stopped = [r.pop("stopped_at", None) for r in rows if r.get("kind") == "interruption"]
             if stopped and stopped[-1] is not None:
                 # the reply that follows an interruption: sync must hold from its first frame
-                after_lag, _ = sound_to_mouth_lag(client.received, since=stopped[-1] + 0.3)
+                after_lag, _ = lip_sync(client.received, since=stopped[-1] + 0.3)
         except (ValueError, IndexError) as e:
             print(f"  round {round_no}: no A/V offset: {e!r}", file=sys.stderr)
         for row in rows:
@@ -292,6 +294,8 @@ def main() -> int:
     parser.add_argument("--no-interrupt", action="store_true", help="skip the barge-in trial")
     parser.add_argument("--threshold", type=float, default=THRESHOLD,
                         help="RMS of a 10 ms window above which audio counts as sound")
+    parser.add_argument("--render", choices=["server", "browser"], default=None,
+                        help="the session's render mode (browser: lip sync from the motion packets)")
     parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--png", help="draw the breakdown here")
     args = parser.parse_args()
@@ -309,13 +313,14 @@ def main() -> int:
     try:
         url = args.server or cluster.url
         for r in range(args.rounds):
-            rounds.append(asyncio.run(one_round(url, r, cases, barge, args.threshold, not args.no_interrupt)))
+            rounds.append(asyncio.run(one_round(url, r, cases, barge, args.threshold, not args.no_interrupt,
+                                                args.render)))
     finally:
         if cluster:
             cluster.stop()
     summary = summarise(rounds)
     report = {"benchmark": "conversation latency over WebRTC, measured at the client", "machine": machine(),
-              "rounds": args.rounds, "threshold_rms": args.threshold,
+              "rounds": args.rounds, "threshold_rms": args.threshold, "render": args.render or "server",
               "inputs": [c[0] for c in cases], "barge_in": None if args.no_interrupt else
               {"long_reply_request": STORY, "utterance": barge[0]},
               "summary": summary,

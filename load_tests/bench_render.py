@@ -85,11 +85,15 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     talking = [m for c in loop.run_until_complete(_collect(backend, request)) for m in c.frames]
     talking = (talking * (args.frames // len(talking) + 1))[:args.frames]
+    happy_request = AnimateRequest(SpeechChunk(AudioChunk(samples, sr, 0.0), TEXT), seed=1, emotion="happy")
+    happy = [m for c in loop.run_until_complete(_collect(backend, happy_request)) for m in c.frames]
+    happy = (happy * (args.frames // len(happy) + 1))[:args.frames]
     rng = np.random.default_rng(0)
     everything = [FaceMotion(mouth_open=float(rng.uniform(0.1, 1)), mouth_width=float(rng.uniform(-1, 1)),
                              head_yaw=float(rng.uniform(-3, 3)), head_pitch=float(rng.uniform(-2, 2)),
                              head_roll=float(rng.uniform(-2, 2)), blink=float(rng.uniform(0.1, 1)),
-                             brow=float(rng.uniform(-1, 1)), breath=float(rng.uniform(-1, 1)))
+                             brow=float(rng.uniform(-1, 1)), breath=float(rng.uniform(-1, 1)),
+                             smile=float(rng.uniform(-1, 1)), surprise=float(rng.uniform(0, 1)))
                   for _ in range(args.frames)]
     for m in talking[:20]:  # warm up caches and OpenCV's first-call set-up
         renderer.render(m)
@@ -99,6 +103,8 @@ def main() -> None:
             "rest (silence, still head)": stats(time_calls(renderer.render, [FaceMotion()] * args.frames)),
             "talking (animate() output: mouth, blinks, head sway, breath)": stats(
                 time_calls(renderer.render, talking)),
+            "talking, happy (the expression moves the mouth corners every frame)": stats(
+                time_calls(renderer.render, happy)),
             "every motion at once (random)": stats(time_calls(renderer.render, everything)),
             "renderer_init_ms": round(load_ms, 1),
         },

@@ -98,3 +98,26 @@ def test_rest_frames_are_identical(renderer):
     c = renderer.render(FaceMotion())
     assert not np.array_equal(a, b)
     assert np.array_equal(a, c)
+
+
+def test_a_minute_of_idle_video_shows_blinks_in_the_eyes(renderer, pack):
+    """The idle face a session shows (Playout with nothing queued), drawn for 60 s at 25 fps: the
+    eye regions darken and recover 10..30 times (a blink every 2..6 s), the mouth stays shut."""
+    from signaling.playout import Playout
+
+    playout = Playout(fps=25, idle_seed=7)
+    eyes = [pack.regions["right_eye_box"], pack.regions["left_eye_box"]]
+    lum, mouth = [], []
+    for k in range(60 * 25):
+        motion, speaking = playout.motion(k / 25)
+        assert not speaking and motion.mouth_open == 0.0
+        frame = renderer.render(motion)
+        # head sway moves the whole face a pixel or two: compare eyes to their own running level
+        lum.append(np.mean([crop(frame, box).mean() for box in eyes]))
+    lum = np.array(lum)
+    baseline = np.median(lum)
+    # a closed lid covers the dark iris and lashes with skin: the eye region gets brighter
+    rise = np.percentile(lum, 99.5) - baseline  # ~13 grey levels with blinks, ~4 from sway alone
+    closed = lum > baseline + 0.5 * rise
+    blinks = int(np.sum(closed[1:] & ~closed[:-1]))
+    assert rise > 8 and 10 <= blinks <= 30, (rise, blinks)
