@@ -285,7 +285,9 @@
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc);
       if (s.ended) return;
-      const res = await fetch(`/v1/sessions?render=${encodeURIComponent(render)}`, {
+      // the server's default needs no parameter; a mode asked for in the page's address does
+      const query = askedRender() ? `?render=${encodeURIComponent(render)}` : "";
+      const res = await fetch(`/v1/sessions${query}`, {
         method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp});
       if (res.status !== 201) throw await refusal(res);
       if (s.motion) {
@@ -317,8 +319,10 @@
   const faceView = {renderer: null, player: null, packPromise: null};
 
   // ?render= in the page's address, else the server's default (the first mode it offers)
+  const askedRender = () => new URLSearchParams(window.location.search).get("render");
+
   async function renderMode() {
-    const asked = new URLSearchParams(window.location.search).get("render");
+    const asked = askedRender();
     if (asked) return asked;
     try {
       const res = await fetch("/v1/sessions", {cache: "no-store"});

@@ -350,7 +350,7 @@ async def test_the_page_says_when_the_microphone_is_refused_the_server_full_or_u
             await page.screenshot(path=str(shots / "page_server_full.png"))
 
             # The server cannot be reached (the request fails in the network): "Connection failed".
-            await page.route("**/v1/sessions", lambda route: route.abort("connectionrefused"))
+            await page.route("**/v1/sessions*", lambda route: route.abort("connectionrefused"))
             await page.click("#start")
             notice = page.locator('#notice[data-reason="connection-failed"]')
             await notice.wait_for(timeout=15_000)

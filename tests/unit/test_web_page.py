@@ -40,5 +40,5 @@ def test_the_page_speaks_the_protocol():
                    "noiseSuppression: true", "autoGainControl: true", 'method: "DELETE", keepalive: true',
                    '{type: "interrupt"}', '{type: "text", text}', "iceGatheringState", "Retry-After",
                    "NotAllowedError", 'createDataChannel("motion", {ordered: false, maxRetransmits: 0})',
-                   '"/v1/avatar"', "?render="):
+                   '"/v1/avatar"', "?render=", "askedRender()"):
         assert needle in js, needle
