@@ -2,8 +2,8 @@
 (load_tests/locustfile.py) at growing user counts against one service.
 
     python -m load_tests.capacity [--server URL] [--users 1,2,3,4,6,8] [--run-time 60]
-                                  [--turns 2] [--render server,browser] [--json out.json]
-                                  [--png out.png]
+                                  [--turns 2] [--render server,browser] [--llm-parallel 1,4]
+                                  [--json out.json] [--png out.png]
 
 A user count *holds* when every turn is complete and the user's own (no Locust failure), every
 session's faces while the avatar spoke came at >= 24 fps (the lowest "video fps" sample: video
@@ -14,7 +14,9 @@ client is read from /proc over the run, so the report says which resource ran ou
 and HTML for each count are kept next to the JSON.
 
 Without --server it starts its own loopback cluster with serve_config.yaml, its session limit
-raised to the largest count. Prints JSON (with the machine); --png draws the curve.
+raised to the largest count. --llm-parallel compares the LLM's continuous batching settings in one
+run (`stages.llm.parallel_sequences`; a fresh cluster for each value, every count and mode run on
+each). Prints JSON (with the machine); --png draws the curve.
 """
 
 from __future__ import annotations
@@ -108,14 +110,20 @@ def _r(x):
     return None if x is None else round(x, 1)
 
 
+def _series(row: dict) -> str:
+    """A curve's name: the render mode, and the LLM setting where the run compared several."""
+    mode = row.get("render", "server")
+    return mode if row.get("llm_parallel") is None else f"{mode}, LLM x{row['llm_parallel']}"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode in dict.fromkeys(r.get("render", "server") for r in rows):
-        rs = [r for r in rows if r.get("render", "server") == mode]
+    for mode in dict.fromkeys(_series(r) for r in rows):
+        rs = [r for r in rows if _series(r) == mode]
         n = [r["users"] for r in rs]
         a.plot(n, [r["voice_to_voice_median_s"] for r in rs], "o-", label=f"{mode}: median")
         a.plot(n, [r["voice_to_voice_p95_s"] for r in rs], "s--", label=f"{mode}: p95")
@@ -145,35 +153,46 @@ def main() -> int:
     p.add_argument("--render", default="server",
                    help="render modes to measure, comma-separated (server, browser): each runs every "
                         "user count, so the modes compare in one run")
+    p.add_argument("--llm-parallel",
+                   help="values of stages.llm.parallel_sequences to compare, comma-separated (each "
+                        "on a fresh cluster); default: the config's own. Not with --server")
     p.add_argument("--out", help="folder for Locust's CSV/HTML (default: a temporary one)")
     p.add_argument("--json")
     p.add_argument("--png")
     a = p.parse_args()
     counts = [int(x) for x in a.users.split(",")]
+    modes = [m.strip() for m in a.render.split(",") if m.strip()]
+    parallels = [int(x) for x in a.llm_parallel.split(",")] if a.llm_parallel else [None]
+    if a.server and a.llm_parallel:
+        p.error("--llm-parallel starts its own clusters: leave out --server")
     out = Path(a.out or tempfile.mkdtemp(prefix="capacity-"))
     out.mkdir(parents=True, exist_ok=True)
-    cluster, server = None, a.server
-    if server is None:
-        from avatarchat.local_cluster import ServeCluster
-        from load_tests.bench_sessions import cluster_config
-
-        cluster = ServeCluster(cluster_config(ROOT / "serve_config.yaml", max(counts)))
-        cluster.start()
-        server = cluster.url
     rows = []
-    modes = [m.strip() for m in a.render.split(",") if m.strip()]
-    try:
-        for mode in modes:
-            for n in counts:
-                row = run_locust(server, n, a.run_time, a.turns, out / f"locust_{mode}_{n}", a.ice_host, mode)
-                rows.append({"render": mode, **row})
-                print(f"  {mode}, {n} users: {rows[-1]}", file=sys.stderr)
-                time.sleep(5)  # let the last sessions close before the next count
-    finally:
-        if cluster is not None:
-            cluster.stop()
-    capacity = {mode: max([r["users"] for r in rows if r["render"] == mode and r["holds"]], default=0)
-                for mode in modes}
+    for parallel in parallels:
+        cluster, server = None, a.server
+        if server is None:
+            from avatarchat.local_cluster import ServeCluster
+            from load_tests.bench_sessions import cluster_config
+
+            doc = cluster_config(ROOT / "serve_config.yaml", max(counts))
+            if parallel is not None:
+                doc["applications"][0]["args"]["stages"]["llm"]["parallel_sequences"] = parallel
+            cluster = ServeCluster(doc)
+            cluster.start()
+            server = cluster.url
+        try:
+            for mode in modes:
+                for n in counts:
+                    name = f"locust_{mode}_{n}" + ("" if parallel is None else f"_llm{parallel}")
+                    row = run_locust(server, n, a.run_time, a.turns, out / name, a.ice_host, mode)
+                    rows.append({"render": mode, "llm_parallel": parallel, **row})
+                    print(f"  {_series(rows[-1])}, {n} users: {rows[-1]}", file=sys.stderr)
+                    time.sleep(5)  # let the last sessions close before the next count
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    capacity = {series: max([r["users"] for r in rows if _series(r) == series and r["holds"]], default=0)
+                for series in dict.fromkeys(_series(r) for r in rows)}
     report = {"criteria": {"min_fps": MIN_FPS, "max_voice_to_voice_p95_s": MAX_V2V_P95_S, "failed_turns": 0},
               "capacity_sessions": capacity, "runs": rows, "locust_reports": str(out),
               "run_time_s": a.run_time, "turns_per_session": a.turns, "machine": machine()}

@@ -181,6 +181,70 @@ async def test_llm_requests_run_one_at_a_time_and_both_complete(llama_llm):
     assert a.strip() and a == b  # same seed, same prompt: same reply, no interleaving
 
 
+# -- LLM with continuous batching (parallel_sequences > 1) -----------------------------------------
+
+@pytest.fixture(scope="module")
+def batched_llm():
+    llm = create_backend(parse_stage("test", "llm", {"backend": "llama_cpp", "parallel_sequences": 4}))
+    yield llm
+    llm.close()
+
+
+QUESTIONS = ["What colour is the sky?", "What is the capital of France?", "Tell me a joke.",
+             "How are you today?"]
+
+
+async def test_batched_llm_decodes_simultaneous_replies_together(batched_llm):
+    async def reply(q):
+        return "".join([d.text async for d in batched_llm.stream(LLMRequest((ChatMessage("user", q),)))])
+
+    b = batched_llm._batcher
+    steps0, tokens0 = b.steps, b.tokens_generated
+    replies = await asyncio.gather(*(reply(q) for q in QUESTIONS))
+    for r in replies:
+        assert english(r) and not r.startswith(" "), r
+    tokens, steps = b.tokens_generated - tokens0, b.steps - steps0
+    assert b.max_batch >= 3  # several replies were in one decode step
+    assert steps < 0.6 * tokens, (steps, tokens)  # far fewer steps than tokens: decoded together
+    # and alone, a request still streams
+    assert english(await reply("What colour is grass?"))
+
+
+async def test_batched_llm_early_exit_stops_only_that_reply(batched_llm):
+    cut_before = batched_llm.streams_stopped_early
+
+    async def cut():
+        n = 0
+        async for _ in batched_llm.stream(STORY):
+            n += 1
+            if n == 3:
+                return n
+
+    async def whole():
+        return "".join([d.text async for d in batched_llm.stream(STORY)])
+
+    n, text = await asyncio.gather(cut(), whole())
+    assert n == 3 and len(text.split()) >= 20, text  # the other reply ran to its end (48 tokens)
+    await asyncio.sleep(0.3)
+    assert batched_llm.streams_stopped_early == cut_before + 1
+    assert batched_llm._batcher._free and len(batched_llm._batcher._free) == 4  # every sequence freed
+
+
+def test_batched_llm_refuses_requests_once_its_decoder_has_stopped():
+    llm = create_backend(parse_stage("test", "llm", {"backend": "llama_cpp", "parallel_sequences": 2}))
+    try:
+        llm._batcher.close()
+        llm._batcher_done.result(timeout=30)
+
+        async def ask():
+            return [d async for d in llm.stream(STORY)]
+
+        with pytest.raises(RuntimeError, match="batch decoder has stopped"):  # an error, not a hang
+            asyncio.run(asyncio.wait_for(ask(), 10))
+    finally:
+        llm.close()
+
+
 # -- LLM behind a real OpenAI-compatible HTTP server -----------------------------------------
 
 async def test_openai_compat_against_a_real_llama_server(llama_llm):

@@ -14,6 +14,11 @@ threads have each run llama.cpp, libgomp sees more OpenMP threads than cores and
 and decoding on 2 cores drops from ~80 to ~25 tokens/s (measured). ``stream`` therefore relays: the
 ``stream_in_thread`` worker takes the model lock (one generation at a time: llama.cpp is not safe for
 concurrent use) and asks the llama thread for one piece of text at a time.
+
+With ``parallel_sequences`` > 1, simultaneous requests (several sessions' turns) are decoded together
+instead of one after another: ``_llama_batching.BatchedDecoder`` then owns the llama thread and
+decodes one batch per step, the next token of every reply at once (docs/performance.md, "The LLM
+across sessions", has the before and after).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class LlamaCppLLM(LLMBackend):
                                                "reproducible for the same conversation)")
         system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1,
                                    description="fixed system prompt; its KV prefix is cached")
+        parallel_sequences: int = Field(
+            1, ge=1, le=16, description="replies decoded together (continuous batching across "
+            "sessions, _llama_batching.py); 1: one at a time, in the order asked")
 
     def __init__(self, options):
         super().__init__(options)
@@ -74,6 +82,8 @@ class LlamaCppLLM(LLMBackend):
         self._stop_ids: set[int] = set()
         self._lock = threading.Lock()  # held for a whole generation
         self._thread: ThreadPoolExecutor | None = None  # runs every llama.cpp call
+        self._batcher = None  # a BatchedDecoder when parallel_sequences > 1
+        self._batcher_done = None  # the future of its run() on the llama thread
         self.tokens_generated = 0   # sampled tokens since load, all requests together
         self.generations = 0
         self.streams_stopped_early = 0
@@ -89,9 +99,23 @@ class LlamaCppLLM(LLMBackend):
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
         try:
             self._call(self._load)
+            if self.options.parallel_sequences > 1:
+                self._start_batcher()
         except BaseException:
             self.close()
             raise
+
+    def _start_batcher(self) -> None:
+        from avatarchat.backends.llm._llama_batching import BatchedDecoder, Sampling
+
+        o = self.options
+        prefix = self._shared_prefix()
+        self._batcher = BatchedDecoder(
+            self._llm, slots=o.parallel_sequences, n_ctx=o.n_ctx, n_threads=o.n_threads,
+            prefix=prefix, stop_ids=self._stop_ids,
+            sampling=Sampling(temperature=o.temperature, top_p=o.top_p, seed=o.seed))
+        # run() holds the llama thread from here on: every later llama.cpp call is its own
+        self._batcher_done = self._thread.submit(self._batcher.run)
 
     def _load(self) -> None:
         path = model_path(self.options.model_path, bundled_model_path(), "GGUF model file",
@@ -121,6 +145,13 @@ class LlamaCppLLM(LLMBackend):
             pass
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            try:
+                self._batcher_done.result(timeout=30)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self._batcher = None
         with self._lock:  # waits for a running generation to finish or stop
             llm, self._llm = self._llm, None
             thread, self._thread = self._thread, None
@@ -130,6 +161,16 @@ class LlamaCppLLM(LLMBackend):
             thread.shutdown(wait=True)
 
     # -- generation --------------------------------------------------------------------------
+    def _shared_prefix(self) -> list[int]:
+        """The tokens every prompt starts with (the system prompt and what follows it before the
+        user's words): the common prefix of two prompts that differ only there."""
+        a = self._prompt_tokens(LLMRequest((ChatMessage("user", "Hello."),)), 0)
+        b = self._prompt_tokens(LLMRequest((ChatMessage("user", "What?"),)), 0)
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return a[:n]
+
     def _prompt_tokens(self, request: LLMRequest, max_tokens: int) -> list[int]:
         history = list(request.history)
         while True:
@@ -209,6 +250,10 @@ class LlamaCppLLM(LLMBackend):
     async def stream(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
         if self._llm is None:
             raise RuntimeError("LlamaCppLLM.load() has not been called")
+        if self._batcher is not None:
+            async for delta in self._stream_batched(request):
+                yield delta
+            return
         t0 = time.perf_counter()
         first = True
         # aclosing: an early exit of our consumer stops the worker now, not when garbage collected
@@ -218,6 +263,29 @@ class LlamaCppLLM(LLMBackend):
                     self.last_first_token_s = time.perf_counter() - t0
                     first = False
                 yield TextDelta(text)
+
+    async def _stream_batched(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
+        from avatarchat.backends.llm._llama_batching import END
+
+        max_tokens = min(request.max_tokens or self.options.max_tokens, self.options.max_tokens)
+        # tokenizing reads only the vocabulary: safe beside the llama thread's decoding
+        reply = self._batcher.submit(self._prompt_tokens(request, max_tokens), max_tokens)
+        self.generations += 1
+        t0 = time.perf_counter()
+        first = True
+        try:
+            while (item := await reply.pieces.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"LLM batch failed: {item!r}")
+                if first:
+                    self.last_first_token_s = time.perf_counter() - t0
+                    first = False
+                yield TextDelta(item)
+        finally:
+            reply.stop.set()  # an early exit stops its sequence at the next step
+            self.tokens_generated += reply.generated
+            if not reply.finished:
+                self.streams_stopped_early += 1
 
 
 BACKEND = LlamaCppLLM

@@ -1,0 +1,286 @@
+"""Continuous batching on llama.cpp: the replies of several sessions decoded together.
+
+``Llama.generate`` decodes one sequence, so simultaneous turns queue behind each other's whole
+replies. ``BatchedDecoder`` keeps one llama.cpp context with up to ``slots`` sequences (plus
+sequence 0, the system prompt's KV, copied into each new reply so no reply prefills it again) and
+decodes one batch per step: the next token of every reply being generated, and the prompt tokens of
+replies just admitted. On a CPU a step of a few tokens costs little more than a step of one (the
+weights are read once per step), so N replies together take far less than N replies in a row.
+
+Every llama.cpp call runs in ``run()``, which the caller runs on its one llama thread (llama_cpp.py
+says why: OpenMP). Requests come in through a bounded queue; each reply's pieces go back to the
+asking coroutine's loop with ``call_soon_threadsafe``; a reply whose consumer went away is stopped
+at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import queue
+import threading
+from dataclasses import dataclass, field
+
+_CLOSE = object()
+END = object()  # put on a reply's queue after its last piece
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.2
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.05
+    seed: int = 0
+
+
+@dataclass(eq=False)
+class Reply:
+    """One generation: its prompt, where its pieces go, and a flag to stop it."""
+
+    tokens: list[int]
+    max_tokens: int
+    loop: asyncio.AbstractEventLoop
+    pieces: asyncio.Queue = field(default_factory=asyncio.Queue)  # at most max_tokens + 2 items
+    stop: threading.Event = field(default_factory=threading.Event)
+    generated: int = 0
+    finished: bool = False  # ended by a stop token or max_tokens (not stopped early)
+
+    def deliver(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            self.stop.set()
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    reply: Reply
+    pending: list[int]          # prompt tokens not decoded yet
+    pos: int                    # position of the next token in this sequence
+    sampler: object
+    decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    last: int | None = None     # the token sampled last step, fed this step
+    started: bool = False       # a non-space piece was sent (the first piece is left-stripped)
+
+
+class BatchedDecoder:
+    """Decodes up to ``slots`` replies at once in its own llama.cpp context on ``llm``'s model."""
+
+    def __init__(self, llm, *, slots: int, n_ctx: int, n_threads: int, prefix: list[int],
+                 stop_ids: set[int], sampling: Sampling = Sampling(), n_batch: int = 512,
+                 max_waiting: int = 64):
+        self.llm, self.slots, self.n_ctx, self.n_threads = llm, slots, n_ctx, n_threads
+        self.prefix, self.stop_ids, self.sampling, self.n_batch = list(prefix), set(stop_ids), sampling, n_batch
+        self._waiting: queue.Queue = queue.Queue(maxsize=max_waiting)
+        self._ctx = None
+        self._free = list(range(slots, 0, -1))  # sequence ids 1..slots; 0 holds the prefix
+        self.steps = 0
+        self.batched_tokens = 0  # tokens decoded, all replies together (steps * batch size)
+        self.max_batch = 0       # the most replies decoded in one step
+        self.tokens_generated = 0
+        self.streams_stopped_early = 0
+        self.stopped: BaseException | None = None  # why run() ended, once it has
+
+    # -- the asking side (any thread, any loop) ---------------------------------------------------
+    def submit(self, tokens: list[int], max_tokens: int) -> Reply:
+        if self.stopped is not None:  # nobody would ever take the reply off the queue
+            raise RuntimeError(f"the LLM's batch decoder has stopped: {self.stopped!r}")
+        if len(tokens) + max_tokens > self.n_ctx:
+            raise ValueError(f"prompt of {len(tokens)} tokens plus {max_tokens} reply tokens does not "
+                             f"fit the context window (n_ctx={self.n_ctx})")
+        reply = Reply(list(tokens), max_tokens, asyncio.get_running_loop())
+        try:
+            self._waiting.put_nowait(reply)
+        except queue.Full:
+            raise RuntimeError(f"{self._waiting.maxsize} replies are already waiting for the LLM") from None
+        return reply
+
+    def close(self) -> None:
+        """Ask ``run`` to finish the replies in progress as stopped and return."""
+        self._waiting.put(_CLOSE)
+
+    # -- the llama thread -----------------------------------------------------------------------------
+    def run(self) -> None:
+        import llama_cpp as lc
+
+        self._open(lc)
+        batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        active: list[_Slot] = []
+        closing = False
+        try:
+            while True:
+                # Admit waiting replies into free sequences; block only when nothing is running.
+                while self._free and not closing:
+                    try:
+                        item = self._waiting.get(block=not active)
+                    except queue.Empty:
+                        break
+                    if item is _CLOSE:
+                        closing = True
+                        break
+                    if not item.stop.is_set():
+                        active.append(self._admit(lc, item))
+                    else:
+                        item.deliver(END)
+                if closing:
+                    for slot in active:
+                        slot.reply.stop.set()
+                active = [s for s in active if not self._drop_if_stopped(lc, s)]
+                if not active:
+                    if closing:
+                        return
+                    continue
+                self._step(lc, batch, active)
+                active = [s for s in active if not self._drop_if_done(lc, s)]
+        except BaseException as err:  # noqa: BLE001 - every waiting consumer must hear of it
+            self.stopped = err
+            for slot in active:
+                slot.reply.deliver(err)
+            self._fail_waiting(err)
+            raise
+        finally:
+            if self.stopped is None:
+                self.stopped = RuntimeError("closed")
+                self._fail_waiting(self.stopped)
+            lc.llama_batch_free(batch)
+            for slot in active:
+                lc.llama_sampler_free(slot.sampler)
+            if self._ctx is not None:
+                lc.llama_free(self._ctx)
+                self._ctx = None
+
+    def _fail_waiting(self, err: BaseException) -> None:
+        """Answer every reply still queued (or queued while we stop) with ``err``."""
+        while True:
+            try:
+                item = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _CLOSE:
+                item.deliver(err)
+
+    def _open(self, lc) -> None:
+        params = lc.llama_context_default_params()
+        params.n_ctx = self.n_ctx * self.slots
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = self.slots + 1
+        params.n_threads = params.n_threads_batch = self.n_threads
+        params.kv_unified = True  # one cache for all sequences: the prefix is shared, not copied
+        self._ctx = lc.llama_init_from_model(self.llm._model.model, params)
+        if self._ctx is None:
+            raise RuntimeError("llama.cpp could not create the batching context")
+        self._mem = lc.llama_get_memory(self._ctx)
+        vocab = lc.llama_model_get_vocab(self.llm._model.model)
+        self._is_eog = lambda t: t in self.stop_ids or bool(lc.llama_vocab_is_eog(vocab, t))  # noqa: E731
+        # The system prompt, once, into sequence 0.
+        batch = lc.llama_batch_init(max(len(self.prefix), 1), 0, 1)
+        try:
+            for i in range(0, len(self.prefix), self.n_batch):
+                chunk = self.prefix[i:i + self.n_batch]
+                batch.n_tokens = 0
+                for j, tok in enumerate(chunk):
+                    _add(batch, tok, i + j, 0, False)
+                if lc.llama_decode(self._ctx, batch) != 0:
+                    raise RuntimeError("llama.cpp could not decode the system prompt")
+        finally:
+            lc.llama_batch_free(batch)
+
+    def _admit(self, lc, reply: Reply) -> _Slot:
+        seq = self._free.pop()
+        shared = len(self.prefix) if reply.tokens[:len(self.prefix)] == self.prefix and \
+            len(reply.tokens) > len(self.prefix) else 0
+        if shared:
+            lc.llama_memory_seq_cp(self._mem, 0, seq, 0, shared)
+        return _Slot(seq, reply, reply.tokens[shared:], shared, self._sampler(lc))
+
+    def _sampler(self, lc):
+        s = self.sampling
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if s.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(s.temperature))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed))
+        return chain
+
+    def _step(self, lc, batch, active: list[_Slot]) -> None:
+        """One decode: a token for each reply generating, then prompt tokens as room allows."""
+        batch.n_tokens = 0
+        wants: list[tuple[_Slot, int]] = []  # (slot, index in the batch whose logits it samples)
+        for slot in active:
+            if not slot.pending:
+                _add(batch, slot.last, slot.pos, slot.seq, True)
+                slot.pos += 1
+                wants.append((slot, batch.n_tokens - 1))
+        for slot in active:
+            if slot.pending and batch.n_tokens < self.n_batch:
+                take = slot.pending[:self.n_batch - batch.n_tokens]
+                slot.pending = slot.pending[len(take):]
+                for j, tok in enumerate(take):
+                    last = not slot.pending and j == len(take) - 1
+                    _add(batch, tok, slot.pos, slot.seq, last)
+                    slot.pos += 1
+                if not slot.pending:
+                    wants.append((slot, batch.n_tokens - 1))
+        if lc.llama_decode(self._ctx, batch) != 0:
+            raise RuntimeError("llama.cpp could not decode a batch (context full?)")
+        self.steps += 1
+        self.batched_tokens += batch.n_tokens
+        self.max_batch = max(self.max_batch, len(wants))
+        for slot, index in wants:
+            token = lc.llama_sampler_sample(slot.sampler, self._ctx, index)
+            if self._is_eog(token):
+                slot.reply.finished = True
+                slot.last = None
+                continue
+            slot.last = token
+            slot.reply.generated += 1
+            self.tokens_generated += 1
+            text = slot.decoder.decode(self.llm.detokenize([token]))
+            if not slot.started:
+                text = text.lstrip()
+            if text:
+                slot.started = True
+                slot.reply.deliver(text)
+            if slot.reply.generated >= slot.reply.max_tokens:
+                slot.reply.finished = True
+
+    def _drop_if_done(self, lc, slot: _Slot) -> bool:
+        if slot.reply.finished:
+            tail = slot.decoder.decode(b"", final=True)
+            if tail:
+                slot.reply.deliver(tail)
+            self._release(lc, slot)
+            return True
+        return self._drop_if_stopped(lc, slot)
+
+    def _drop_if_stopped(self, lc, slot: _Slot) -> bool:
+        if not slot.reply.stop.is_set():
+            return False
+        self.streams_stopped_early += 1
+        self._release(lc, slot)
+        return True
+
+    def _release(self, lc, slot: _Slot) -> None:
+        lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        lc.llama_sampler_free(slot.sampler)
+        self._free.append(slot.seq)
+        slot.reply.deliver(END)
+
+
+def _add(batch, token: int, pos: int, seq: int, logits: bool) -> None:
+    i = batch.n_tokens
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq
+    batch.logits[i] = 1 if logits else 0
+    batch.n_tokens = i + 1
+
+
+__all__ = ["BatchedDecoder", "END", "Reply", "Sampling"]
