@@ -127,3 +127,18 @@ class StreamResampler:
     def _collect(frames) -> np.ndarray:
         parts = [f.to_ndarray().reshape(-1) for f in frames]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def trim_lead_silence(samples: np.ndarray, sample_rate: int, keep_s: float,
+                      threshold: float = 0.003, window_s: float = 0.01) -> np.ndarray:
+    """``samples`` with the silence before the first sounding window (RMS above ``threshold``) cut
+    down to at most ``keep_s``. All silence: unchanged."""
+    n = max(1, int(sample_rate * window_s))
+    full = len(samples) // n
+    if full == 0:
+        return samples
+    rms = np.sqrt(np.mean(np.square(samples[:full * n].reshape(full, n), dtype=np.float64), axis=1))
+    loud = np.flatnonzero(rms > threshold)
+    if not len(loud):
+        return samples
+    return samples[max(0, loud[0] * n - int(keep_s * sample_rate)):]

@@ -121,6 +121,12 @@ async def test_tts_yields_one_chunk_per_sentence_on_one_timeline(hibari_tts):
     for a, b in zip(chunks, chunks[1:]):
         assert b.start == pytest.approx(a.end)
     assert [c async for c in hibari_tts.synthesize("   ")] == []
+    # each sentence's speech starts ~40 ms in (lead_silence_ms), not after hibari's own ~300 ms,
+    # and the pause after it is kept
+    for c in chunks:
+        sounding = np.flatnonzero(np.abs(c.samples) > 0.01) / c.sample_rate
+        assert 0.02 <= sounding[0] <= 0.1, sounding[0]
+        assert c.duration - sounding[-1] >= 0.25
 
 
 async def test_tts_early_exit_stops_synthesis(hibari_tts):

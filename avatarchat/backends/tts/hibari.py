@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
+from avatarchat.audio import trim_lead_silence
 from avatarchat.backends.base import package_dir, require_file
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
@@ -56,6 +57,12 @@ class HibariTTS(TTSBackend):
         threads: int = Field(1, ge=1, le=16, description="onnxruntime intra-op threads")
         seed: int | None = Field(None, ge=0, description="fix the noise component so the same text "
                                                          "gives identical audio; None varies it")
+        # hibari starts every sentence with ~260-330 ms of silence: before the first sentence it is
+        # pure latency. The ~450 ms after each sentence stays: it is the pause between sentences,
+        # and the barge-in hold is tuned against it.
+        lead_silence_ms: float | None = Field(
+            40.0, ge=0, le=2000, description="silence kept before each sentence's speech (hibari's "
+            "own is ~300 ms); null keeps it all")
 
         @field_validator("voice")
         @classmethod
@@ -99,6 +106,9 @@ class HibariTTS(TTSBackend):
             if stop.is_set():
                 return
             if len(wav):
+                wav = np.asarray(wav, dtype=np.float32)
+                if o.lead_silence_ms is not None:
+                    wav = trim_lead_silence(wav, self.sample_rate, o.lead_silence_ms / 1000)
                 yield wav
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
