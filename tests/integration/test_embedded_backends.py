@@ -233,7 +233,43 @@ async def test_batched_llm_early_exit_stops_only_that_reply(batched_llm):
     assert n == 3 and len(text.split()) >= 20, text  # the other reply ran to its end (48 tokens)
     await asyncio.sleep(0.3)
     assert batched_llm.streams_stopped_early == cut_before + 1
-    assert batched_llm._batcher._free and len(batched_llm._batcher._free) == 4  # every sequence freed
+    b = batched_llm._batcher
+    assert len(b._free) + len(b._parked) == b.slots + b.cached  # every sequence free or parked
+
+
+async def test_batched_llm_continues_a_conversation_from_its_parked_sequence(batched_llm):
+    b = batched_llm._batcher
+    first = LLMRequest((ChatMessage("user", "My name is Anna. What is your name?"),))
+    reply = "".join([d.text async for d in batched_llm.stream(first)])
+    reused0 = b.reused_tokens
+    follow = LLMRequest(first.history + (ChatMessage("assistant", reply),
+                                         ChatMessage("user", "What colour is the sky?")))
+    prompt = batched_llm._prompt_tokens(follow, 48)
+    again = "".join([d.text async for d in batched_llm.stream(follow)])
+    assert english(again), again
+    # the whole first turn (system prompt, question, reply) came from the cache: only the new
+    # question was read
+    assert b.reused_tokens - reused0 >= len(batched_llm._prompt_tokens(first, 48)) + 3
+    assert b.reused_tokens - reused0 < len(prompt)
+
+
+def test_batched_llm_drops_parked_conversations_when_the_cache_is_full():
+    # the smallest context: 2 x 256 tokens of KV, filled by a few parked conversations
+    llm = create_backend(parse_stage("test", "llm", {"backend": "llama_cpp", "parallel_sequences": 2,
+                                                     "n_ctx": 256}))
+    try:
+        async def ask(q):
+            return "".join([d.text async for d in llm.stream(LLMRequest((ChatMessage("user", q),)))])
+
+        # ~110-token prompts that share no more than the system prompt: each parks a new sequence
+        detail = " Tell me everything you know about it, step by step, with examples." * 4
+        firsts = ["What colour is the sky?", "Tell me a joke.", "How are you today?",
+                  "Why is the sea salty?", "Where do penguins live?", "Name three fruits."]
+        replies = [asyncio.run(ask(q + detail)) for q in firsts]
+        assert all(english(r) for r in replies), replies
+        assert llm._batcher.dropped_for_room > 0
+    finally:
+        llm.close()
 
 
 def test_batched_llm_refuses_requests_once_its_decoder_has_stopped():

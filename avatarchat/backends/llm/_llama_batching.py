@@ -7,6 +7,12 @@ decodes one batch per step: the next token of every reply being generated, and t
 replies just admitted. On a CPU a step of a few tokens costs little more than a step of one (the
 weights are read once per step), so N replies together take far less than N replies in a row.
 
+A finished reply's sequence is not cleared but parked (up to ``cached`` of them, least recently
+used dropped first): a session's next turn repeats that whole conversation plus the new question,
+so it takes over the parked sequence with the longest common prefix and reads only what is new,
+as ``Llama.generate`` does for one conversation. When the KV cache is full, parked sequences are
+dropped until the batch fits.
+
 Every llama.cpp call runs in ``run()``, which the caller runs on its one llama thread (llama_cpp.py
 says why: OpenMP). Requests come in through a bounded queue; each reply's pieces go back to the
 asking coroutine's loop with ``call_soon_threadsafe``; a reply whose consumer went away is stopped
@@ -19,6 +25,7 @@ import asyncio
 import codecs
 import queue
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 _CLOSE = object()
@@ -58,7 +65,7 @@ class _Slot:
     seq: int
     reply: Reply
     pending: list[int]          # prompt tokens not decoded yet
-    pos: int                    # position of the next token in this sequence
+    kv: list[int]               # the tokens in this sequence's KV cache, in order (position = index)
     sampler: object
     decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     last: int | None = None     # the token sampled last step, fed this step
@@ -70,12 +77,17 @@ class BatchedDecoder:
 
     def __init__(self, llm, *, slots: int, n_ctx: int, n_threads: int, prefix: list[int],
                  stop_ids: set[int], sampling: Sampling = Sampling(), n_batch: int = 512,
-                 max_waiting: int = 64):
+                 max_waiting: int = 64, cached: int | None = None):
         self.llm, self.slots, self.n_ctx, self.n_threads = llm, slots, n_ctx, n_threads
         self.prefix, self.stop_ids, self.sampling, self.n_batch = list(prefix), set(stop_ids), sampling, n_batch
+        self.cached = 2 * slots if cached is None else cached  # parked conversations kept
         self._waiting: queue.Queue = queue.Queue(maxsize=max_waiting)
         self._ctx = None
-        self._free = list(range(slots, 0, -1))  # sequence ids 1..slots; 0 holds the prefix
+        # sequence ids 1..slots+cached; 0 holds the prefix
+        self._free = list(range(slots + self.cached, 0, -1))
+        self._parked: OrderedDict[int, list[int]] = OrderedDict()  # seq -> its KV tokens, oldest first
+        self.reused_tokens = 0   # prompt tokens not decoded because a parked sequence had them
+        self.dropped_for_room = 0  # parked sequences cleared because the KV cache was full
         self.steps = 0
         self.batched_tokens = 0  # tokens decoded, all replies together (steps * batch size)
         self.max_batch = 0       # the most replies decoded in one step
@@ -111,8 +123,8 @@ class BatchedDecoder:
         closing = False
         try:
             while True:
-                # Admit waiting replies into free sequences; block only when nothing is running.
-                while self._free and not closing:
+                # Admit waiting replies while slots are free; block only when nothing is running.
+                while len(active) < self.slots and not closing:
                     try:
                         item = self._waiting.get(block=not active)
                     except queue.Empty:
@@ -165,7 +177,7 @@ class BatchedDecoder:
         params = lc.llama_context_default_params()
         params.n_ctx = self.n_ctx * self.slots
         params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = self.slots + 1
+        params.n_seq_max = self.slots + self.cached + 1
         params.n_threads = params.n_threads_batch = self.n_threads
         params.kv_unified = True  # one cache for all sequences: the prefix is shared, not copied
         self._ctx = lc.llama_init_from_model(self.llm._model.model, params)
@@ -188,12 +200,35 @@ class BatchedDecoder:
             lc.llama_batch_free(batch)
 
     def _admit(self, lc, reply: Reply) -> _Slot:
+        tokens = reply.tokens
+        # The parked conversation this prompt continues, if any (at least one token stays to read).
+        best, common = None, 0
+        for seq, kv in self._parked.items():
+            n = _common_prefix(kv, tokens, len(tokens) - 1)
+            if n > common:
+                best, common = seq, n
+        if best is not None and common > len(self.prefix) and \
+                lc.llama_memory_seq_rm(self._mem, best, common, -1):
+            del self._parked[best]
+            self.reused_tokens += common
+            return _Slot(best, reply, tokens[common:], tokens[:common], self._sampler(lc))
+        if not self._free:  # every id is parked: drop the oldest conversation
+            self._drop_parked(lc)
         seq = self._free.pop()
-        shared = len(self.prefix) if reply.tokens[:len(self.prefix)] == self.prefix and \
-            len(reply.tokens) > len(self.prefix) else 0
+        shared = len(self.prefix) if tokens[:len(self.prefix)] == self.prefix and \
+            len(tokens) > len(self.prefix) else 0
         if shared:
             lc.llama_memory_seq_cp(self._mem, 0, seq, 0, shared)
-        return _Slot(seq, reply, reply.tokens[shared:], shared, self._sampler(lc))
+        return _Slot(seq, reply, tokens[shared:], tokens[:shared], self._sampler(lc))
+
+    def _drop_parked(self, lc) -> bool:
+        """Clear the least recently used parked sequence; False when none is parked."""
+        if not self._parked:
+            return False
+        seq, _ = self._parked.popitem(last=False)
+        lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        self._free.append(seq)
+        return True
 
     def _sampler(self, lc):
         s = self.sampling
@@ -212,23 +247,30 @@ class BatchedDecoder:
         """One decode: a token for each reply generating, then prompt tokens as room allows."""
         batch.n_tokens = 0
         wants: list[tuple[_Slot, int]] = []  # (slot, index in the batch whose logits it samples)
+        fed: list[tuple[_Slot, list[int]]] = []
         for slot in active:
             if not slot.pending:
-                _add(batch, slot.last, slot.pos, slot.seq, True)
-                slot.pos += 1
+                _add(batch, slot.last, len(slot.kv), slot.seq, True)
+                fed.append((slot, [slot.last]))
                 wants.append((slot, batch.n_tokens - 1))
         for slot in active:
             if slot.pending and batch.n_tokens < self.n_batch:
                 take = slot.pending[:self.n_batch - batch.n_tokens]
-                slot.pending = slot.pending[len(take):]
                 for j, tok in enumerate(take):
-                    last = not slot.pending and j == len(take) - 1
-                    _add(batch, tok, slot.pos, slot.seq, last)
-                    slot.pos += 1
-                if not slot.pending:
+                    last = len(take) == len(slot.pending) and j == len(take) - 1
+                    _add(batch, tok, len(slot.kv) + j, slot.seq, last)
+                fed.append((slot, take))
+                if len(take) == len(slot.pending):
                     wants.append((slot, batch.n_tokens - 1))
-        if lc.llama_decode(self._ctx, batch) != 0:
-            raise RuntimeError("llama.cpp could not decode a batch (context full?)")
+        # 1: no room in the KV cache; llama.cpp restored it as it was, so free parked ones and retry
+        while (status := lc.llama_decode(self._ctx, batch)) == 1 and self._drop_parked(lc):
+            self.dropped_for_room += 1
+        if status != 0:
+            raise RuntimeError(f"llama.cpp could not decode a batch (status {status}: context full?)")
+        for slot, tokens in fed:
+            slot.kv += tokens
+            if slot.pending:
+                slot.pending = slot.pending[len(tokens):]
         self.steps += 1
         self.batched_tokens += batch.n_tokens
         self.max_batch = max(self.max_batch, len(wants))
@@ -267,10 +309,23 @@ class BatchedDecoder:
         return True
 
     def _release(self, lc, slot: _Slot) -> None:
-        lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
         lc.llama_sampler_free(slot.sampler)
-        self._free.append(slot.seq)
+        if len(slot.kv) > len(self.prefix) and self.cached > 0:
+            # Park it: the session's next turn continues this conversation.
+            self._parked[slot.seq] = slot.kv
+            while len(self._parked) > self.cached:
+                self._drop_parked(lc)
+        else:
+            lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            self._free.append(slot.seq)
         slot.reply.deliver(END)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n, top = 0, min(len(a), len(b), limit)
+    while n < top and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _add(batch, token: int, pos: int, seq: int, logits: bool) -> None:
