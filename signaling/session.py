@@ -50,6 +50,16 @@ log = logging.getLogger("ray.serve")
 
 # Events sent before the data channel opens are kept (a few), then dropped oldest first.
 _PENDING_EVENTS = 64
+# How long a session's close waits for its peer connection to close (which goes on regardless).
+PC_CLOSE_WAIT_S = 5.0
+# Closes in progress, held here: the event loop keeps only weak references to tasks.
+_closing: set[asyncio.Task] = set()
+
+
+def _keep(task: asyncio.Task) -> asyncio.Task:
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    return task
 
 
 @dataclass
@@ -102,6 +112,7 @@ class Session:
             min_speech_s=ivl.min_speech_ms / 1000, resume_after_s=ivl.resume_after_ms / 1000)
         self._talk_over_onset: float | None = None  # clock time the voice over the avatar began
         self._seed = seed
+        self._close_task: asyncio.Task | None = None
         self._message_budget = TokenBucket(deps.sessions.max_messages_per_s, deps.sessions.message_burst,
                                            deps.clock)
         pc.on("track", self._on_track)
@@ -364,17 +375,24 @@ class Session:
         return len(self._tasks)
 
     async def close(self, reason: str = "closed") -> None:
-        """End everything this session holds: its turn, tasks, tracks and peer connection."""
-        if getattr(self, "_closing", False):
-            return
-        self._closing = True
-        if self._channel is not None and self._channel.readyState == "open":
-            try:
-                self._channel.send(json.dumps({"type": "closed", "reason": reason}))
-            except Exception:  # noqa: BLE001
-                pass
-        self.closed = True
-        self.playout.flush()
+        """End everything this session holds: its turn, tasks, tracks and peer connection.
+
+        The ending runs in a task of its own that no caller can cut short: a caller cancelled
+        meanwhile (Serve cancels a DELETE or an offer whose HTTP client gave up) only stops
+        waiting, and a second caller waits for the same ending."""
+        if self._close_task is None:
+            if self._channel is not None and self._channel.readyState == "open":
+                try:
+                    self._channel.send(json.dumps({"type": "closed", "reason": reason}))
+                except Exception:  # noqa: BLE001
+                    pass
+            self.closed = True
+            self.playout.flush()
+            self._close_task = _keep(asyncio.get_running_loop().create_task(
+                self._release(), name=f"session-{self.id}-close"))
+        await asyncio.shield(self._close_task)
+
+    async def _release(self) -> None:
         # Until none is left: a task being cancelled may still have spawned another (a late track).
         while self._tasks:
             tasks = list(self._tasks)
@@ -385,8 +403,14 @@ class Session:
         self.audio_out.stop()
         self.video_out.stop()
         self.deps.metrics.frames_skipped(self.frames_out.frames_skipped)
+        # Never cancelled: aiortc's close() marks the connection closed before it stops anything,
+        # and a second call only waits for the first, so one cut short leaves transports and RTCP
+        # tasks running for good. A slow one finishes on its own; we wait PC_CLOSE_WAIT_S at most.
+        closing = _keep(asyncio.ensure_future(self.pc.close()))
         try:
-            await asyncio.wait_for(self.pc.close(), 5)
+            await asyncio.wait_for(asyncio.shield(closing), PC_CLOSE_WAIT_S)
+        except TimeoutError:
+            log.warning("session %s: its peer connection is still closing after %g s", self.id, PC_CLOSE_WAIT_S)
         except Exception as err:  # noqa: BLE001
             log.warning("session %s: closing its peer connection: %r", self.id, err)
 

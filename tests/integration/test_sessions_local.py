@@ -123,6 +123,80 @@ async def test_full_server_refuses_with_503_and_a_vanished_client_is_reaped():
     await service.close_all()
 
 
+async def leftovers(service, before: set, wait_s: float = 5.0) -> tuple[int, list[str]]:
+    """(peer connections still in memory, tasks started since ``before`` still running), once
+    both are gone or after ``wait_s``. The reaper is the service's own and stays."""
+    keep = before | {asyncio.current_task(), service.registry._reaper}
+    for _ in range(int(wait_s / 0.1)):
+        pcs = service.live_peer_connections()
+        tasks = sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks() - keep)
+        if pcs == 0 and not tasks:
+            break
+        await asyncio.sleep(0.1)
+    return pcs, tasks
+
+
+def when_closing_starts(session) -> asyncio.Event:
+    """An event set as the session's peer connection starts to close."""
+    started, close = asyncio.Event(), session.pc.close
+
+    async def close_and_tell():
+        started.set()
+        await close()
+
+    session.pc.close = close_and_tell
+    return started
+
+
+def slow_to_close(session, seconds: float) -> None:
+    """The session's peer connection takes ``seconds`` more to close, once its close has begun."""
+    transceiver = session.pc.getTransceivers()[0]
+    stop = transceiver.stop
+
+    async def slow_stop():
+        await asyncio.sleep(seconds)
+        await stop()
+
+    transceiver.stop = slow_stop
+
+
+async def test_a_hang_up_cut_short_still_closes_the_peer_connection():
+    """Serve cancels a request whose HTTP client gave up: a DELETE cancelled while the session
+    closes must not leave its peer connection half closed (aiortc's close() cut short is never
+    finished: its RTCP tasks run for good and hold the connection, as the overloaded soak saw)."""
+    app, service = make_app()
+    before = asyncio.all_tasks()
+    client = client_for(app)
+    await client.connect()
+    closing = when_closing_starts(service.registry.get(client.session_id))
+    hang_up = asyncio.ensure_future(routes.delete_session(service, client.session_id))
+    await closing.wait()
+    hang_up.cancel()  # the client gave up waiting for the DELETE
+    await asyncio.gather(hang_up, return_exceptions=True)
+    del hang_up  # its CancelledError's frames hold the session
+    assert len(service) == 0
+    client.location = None  # already ended: hang up without a DELETE
+    await client.close()
+    assert await leftovers(service, before) == (0, [])
+
+
+async def test_a_peer_connection_slow_to_close_is_waited_for_a_while_and_still_closed(monkeypatch):
+    """The reaper waits for a peer connection's close only so long; past that, the close must go
+    on, not be cut short."""
+    from signaling import session as session_module
+
+    monkeypatch.setattr(session_module, "PC_CLOSE_WAIT_S", 0.2)
+    app, service = make_app()
+    before = asyncio.all_tasks()
+    client = client_for(app)
+    await client.connect()
+    slow_to_close(service.registry.get(client.session_id), 0.5)
+    assert await service.end(client.session_id, "hung up")  # back after PC_CLOSE_WAIT_S
+    client.location = None
+    await client.close()
+    assert await leftovers(service, before) == (0, [])
+
+
 async def test_sound_and_mouth_arrive_together():
     app, service = make_app()
     client = client_for(app)
