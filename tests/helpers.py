@@ -1,44 +1,16 @@
-"""Small helpers shared by tests: word error rate, a real OpenAI-compatible SSE server, and (from
-avatarchat/lipsync.py, where load_tests/bench_latency.py imports it too) the lip-sync measure."""
+"""Small helpers shared by tests: a real OpenAI-compatible SSE server, and (from avatarchat/, where
+the benchmarks import them too) the word error rate and the lip-sync measure."""
 
 import json
-import re
 import socket
 import threading
 import time
 import uuid
 
 from avatarchat.lipsync import sound_to_mouth_lag
+from avatarchat.wer import edit_distance, normalise_words, wer
 
 __all__ = ["OpenAIServer", "edit_distance", "normalise_words", "sound_to_mouth_lag", "wer"]
-
-# -- word error rate -----------------------------------------------------------------------------
-
-def normalise_words(text: str) -> list[str]:
-    """Lower case, punctuation dropped (apostrophes inside words kept), split on whitespace."""
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"[^\w\s']", " ", text)
-    return [w.strip("'") for w in text.split() if w.strip("'")]
-
-
-def edit_distance(a: list, b: list) -> int:
-    """Levenshtein distance between two sequences (substitutions, insertions, deletions)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate of ``hypothesis`` against ``reference`` after normalising both."""
-    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    return edit_distance(ref, hyp) / len(ref)
-
 
 # -- a real OpenAI-compatible chat-completions server over any LLM backend ---------------------
 
