@@ -68,11 +68,15 @@ def main(argv: list[str]) -> int:
         tiles.append(tile)
     cols = 4
     rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
-    sheet = np.vstack(rows)
+    write_sheet(np.vstack(rows), out)
+    return 0
+
+
+def write_sheet(sheet: np.ndarray, out: Path) -> None:
+    """Save an RGB sheet as a PNG (folders made as needed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(f"wrote {out} ({sheet.shape[1]}x{sheet.shape[0]})")
-    return 0
 
 
 if __name__ == "__main__":

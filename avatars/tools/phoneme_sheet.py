@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from contact_sheet import write_sheet  # beside this file (run as a script)
 
 from avatarchat.avatar.motion import SpeechMouth
 from avatarchat.avatar.pack import AvatarPack
@@ -84,10 +85,7 @@ def main(argv: list[str]) -> int:
         rows.append(np.vstack([head, np.hstack(tiles)]))
         print(f"{label}: {len(track)} frames, peak open {np.max(track.open):.2f}, width "
               f"{np.min(track.width):+.2f}..{np.max(track.width):+.2f}")
-    sheet = np.vstack(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    print(f"wrote {out} ({sheet.shape[1]}x{sheet.shape[0]})")
+    write_sheet(np.vstack(rows), out)
     return 0
 
 
