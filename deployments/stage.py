@@ -72,4 +72,5 @@ class StageDeployment:
         return process_stats(trim=True)
 
     def check_health(self) -> None:
-        """Serve calls this periodically; a backend that lost its model should raise here."""
+        """Serve calls this periodically; a backend that lost its model raises here."""
+        self.backend.check_health()

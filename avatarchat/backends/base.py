@@ -30,6 +30,9 @@ class Backend:
     def close(self) -> None:
         """Release what load() took."""
 
+    def check_health(self) -> None:
+        """Raise if the backend can no longer serve (Serve then replaces the replica)."""
+
 
 def create_backend(config: StageConfig) -> Backend:
     """Instantiate and load the configured backend; any failure becomes a StageLoadError naming

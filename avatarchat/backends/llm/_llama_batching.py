@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+log = logging.getLogger("ray.serve")
 _CLOSE = object()
 END = object()  # put on a reply's queue after its last piece
 
@@ -94,6 +96,8 @@ class BatchedDecoder:
         self.tokens_generated = 0
         self.streams_stopped_early = 0
         self.stopped: BaseException | None = None  # why run() ended, once it has
+        self.ready = threading.Event()  # set once run() has opened its context (or failed to)
+        self._closing = threading.Event()
 
     # -- the asking side (any thread, any loop) ---------------------------------------------------
     def submit(self, tokens: list[int], max_tokens: int) -> Reply:
@@ -107,35 +111,51 @@ class BatchedDecoder:
             self._waiting.put_nowait(reply)
         except queue.Full:
             raise RuntimeError(f"{self._waiting.maxsize} replies are already waiting for the LLM") from None
+        if self.stopped is not None:  # run() stopped while we queued: its last drain may have missed us
+            self._fail_waiting(self.stopped)
         return reply
 
     def close(self) -> None:
-        """Ask ``run`` to finish the replies in progress as stopped and return."""
-        self._waiting.put(_CLOSE)
+        """Ask ``run`` to stop the replies in progress, fail those still waiting, and return."""
+        self._closing.set()
+        try:
+            self._waiting.put_nowait(_CLOSE)  # wakes run() if it waits for work
+        except queue.Full:
+            pass  # then run() is not blocked on the queue; it sees _closing at its next step
 
     # -- the llama thread -----------------------------------------------------------------------------
     def run(self) -> None:
         import llama_cpp as lc
 
-        self._open(lc)
-        batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        batch = None
         active: list[_Slot] = []
-        closing = False
         try:
+            try:
+                self._open(lc)
+            finally:
+                self.ready.set()
+            batch = lc.llama_batch_init(self.n_batch, 0, 1)
             while True:
+                closing = self._closing.is_set()
                 # Admit waiting replies while slots are free; block only when nothing is running.
                 while len(active) < self.slots and not closing:
                     try:
                         item = self._waiting.get(block=not active)
                     except queue.Empty:
                         break
-                    if item is _CLOSE:
+                    if item is _CLOSE or self._closing.is_set():
                         closing = True
+                        if item is not _CLOSE:
+                            item.deliver(END)
                         break
-                    if not item.stop.is_set():
-                        active.append(self._admit(lc, item))
-                    else:
+                    if item.stop.is_set():
                         item.deliver(END)
+                        continue
+                    try:
+                        active.append(self._admit(lc, item))
+                    except BaseException as err:  # noqa: BLE001 - this reply must hear of it too
+                        item.deliver(err)
+                        raise
                 if closing:
                     for slot in active:
                         slot.reply.stop.set()
@@ -147,6 +167,7 @@ class BatchedDecoder:
                 self._step(lc, batch, active)
                 active = [s for s in active if not self._drop_if_done(lc, s)]
         except BaseException as err:  # noqa: BLE001 - every waiting consumer must hear of it
+            log.error("LLM batch decoder stopped: %r", err)
             self.stopped = err
             for slot in active:
                 slot.reply.deliver(err)
@@ -156,7 +177,8 @@ class BatchedDecoder:
             if self.stopped is None:
                 self.stopped = RuntimeError("closed")
                 self._fail_waiting(self.stopped)
-            lc.llama_batch_free(batch)
+            if batch is not None:
+                lc.llama_batch_free(batch)
             for slot in active:
                 lc.llama_sampler_free(slot.sampler)
             if self._ctx is not None:
@@ -181,8 +203,13 @@ class BatchedDecoder:
         params.n_threads = params.n_threads_batch = self.n_threads
         params.kv_unified = True  # one cache for all sequences: the prefix is shared, not copied
         self._ctx = lc.llama_init_from_model(self.llm._model.model, params)
-        if self._ctx is None:
+        if not self._ctx:
+            self._ctx = None
             raise RuntimeError("llama.cpp could not create the batching context")
+        # With sliding-window attention llama.cpp may drop a sequence's old positions, so a parked
+        # one cannot be rolled back and continued.
+        if lc.llama_model_n_swa(self.llm._model.model) > 0:
+            self.cached = 0
         self._mem = lc.llama_get_memory(self._ctx)
         vocab = lc.llama_model_get_vocab(self.llm._model.model)
         self._is_eog = lambda t: t in self.stop_ids or bool(lc.llama_vocab_is_eog(vocab, t))  # noqa: E731
@@ -215,8 +242,7 @@ class BatchedDecoder:
         if not self._free:  # every id is parked: drop the oldest conversation
             self._drop_parked(lc)
         seq = self._free.pop()
-        shared = len(self.prefix) if tokens[:len(self.prefix)] == self.prefix and \
-            len(tokens) > len(self.prefix) else 0
+        shared = _common_prefix(self.prefix, tokens, len(tokens) - 1)
         if shared:
             lc.llama_memory_seq_cp(self._mem, 0, seq, 0, shared)
         return _Slot(seq, reply, tokens[shared:], tokens[:shared], self._sampler(lc))

@@ -116,6 +116,9 @@ class LlamaCppLLM(LLMBackend):
             sampling=Sampling(temperature=o.temperature, top_p=o.top_p, seed=o.seed))
         # run() holds the llama thread from here on: every later llama.cpp call is its own
         self._batcher_done = self._thread.submit(self._batcher.run)
+        self._batcher.ready.wait()
+        if self._batcher_done.done():  # it could not open its context: fail loading, loudly
+            self._batcher_done.result()
 
     def _load(self) -> None:
         path = model_path(self.options.model_path, bundled_model_path(), "GGUF model file",
@@ -159,6 +162,12 @@ class LlamaCppLLM(LLMBackend):
             if llm is not None:
                 thread.submit(llm.close).result()
             thread.shutdown(wait=True)
+
+    def check_health(self) -> None:
+        """Raise when the batch decoder has stopped on an error, so Serve replaces the replica."""
+        b = self._batcher
+        if b is not None and b.stopped is not None:
+            raise RuntimeError(f"the LLM's batch decoder has stopped: {b.stopped!r}")
 
     # -- generation --------------------------------------------------------------------------
     def _shared_prefix(self) -> list[int]:
@@ -251,8 +260,9 @@ class LlamaCppLLM(LLMBackend):
         if self._llm is None:
             raise RuntimeError("LlamaCppLLM.load() has not been called")
         if self._batcher is not None:
-            async for delta in self._stream_batched(request):
-                yield delta
+            async with aclosing(self._stream_batched(request)) as deltas:
+                async for delta in deltas:
+                    yield delta
             return
         t0 = time.perf_counter()
         first = True
