@@ -52,6 +52,8 @@ log = logging.getLogger("ray.serve")
 _PENDING_EVENTS = 64
 # How long a session's close waits for its peer connection to close (which goes on regardless).
 PC_CLOSE_WAIT_S = 5.0
+# How long it waits for its own tasks to end once cancelled (one that will not is logged and left).
+TASK_STOP_WAIT_S = 5.0
 # Closes in progress, held here: the event loop keeps only weak references to tasks.
 _closing: set[asyncio.Task] = set()
 
@@ -393,26 +395,40 @@ class Session:
         await asyncio.shield(self._close_task)
 
     async def _release(self) -> None:
-        # Until none is left: a task being cancelled may still have spawned another (a late track).
-        while self._tasks:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks.difference_update(tasks)
-        self.audio_out.stop()
-        self.video_out.stop()
-        self.deps.metrics.frames_skipped(self.frames_out.frames_skipped)
+        try:
+            # Until none is left: a task being cancelled may still have spawned another (a late
+            # track). A task that will not end is left behind (logged), never waited for for good.
+            while self._tasks:
+                tasks = list(self._tasks)
+                for task in tasks:
+                    task.cancel()
+                _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_WAIT_S)
+                self._tasks.difference_update(tasks)
+                if stuck:
+                    log.warning("session %s: %d task(s) still running after cancel: %s", self.id,
+                                len(stuck), [t.get_name() for t in stuck])
+            self.audio_out.stop()
+            self.video_out.stop()
+            self.deps.metrics.frames_skipped(self.frames_out.frames_skipped)
+        finally:
+            await self._close_peer_connection()
+
+    async def _close_peer_connection(self) -> None:
         # Never cancelled: aiortc's close() marks the connection closed before it stops anything,
         # and a second call only waits for the first, so one cut short leaves transports and RTCP
         # tasks running for good. A slow one finishes on its own; we wait PC_CLOSE_WAIT_S at most.
         closing = _keep(asyncio.ensure_future(self.pc.close()))
+        closing.add_done_callback(self._log_close_failure)
         try:
             await asyncio.wait_for(asyncio.shield(closing), PC_CLOSE_WAIT_S)
         except TimeoutError:
             log.warning("session %s: its peer connection is still closing after %g s", self.id, PC_CLOSE_WAIT_S)
-        except Exception as err:  # noqa: BLE001
-            log.warning("session %s: closing its peer connection: %r", self.id, err)
+        except Exception:  # noqa: BLE001 - logged by the done callback
+            pass
+
+    def _log_close_failure(self, closing: asyncio.Future) -> None:
+        if not closing.cancelled() and closing.exception() is not None:
+            log.warning("session %s: closing its peer connection: %r", self.id, closing.exception())
 
 
 @dataclass(frozen=True, slots=True)
