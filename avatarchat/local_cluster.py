@@ -47,6 +47,7 @@ class ServeCluster:
                     "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
                     # as scripts/serve.sh starts Ray: workers at nice 0, not 15 (avatarchat/priority.py)
                     "RAY_worker_niceness": "0",
+                    "MALLOC_ARENA_MAX": "2",  # as scripts/serve.sh: memory stays flat
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **(extra_env or {})}
         self.serve_log = self.workdir / "serve_run.log"
         self.serve_proc: subprocess.Popen | None = None

@@ -23,6 +23,10 @@ if [ -z "${RAY_ADDRESS:-}" ]; then
   # Workers at nice 0 instead of Ray's 15: the Gateway's live media then outranks everything
   # else on the box, and the model stages lower their own priority (avatarchat/priority.py).
   export RAY_worker_niceness=${RAY_worker_niceness:-0}
+  # glibc gives each thread that allocates its own heap arena and keeps what it frees there: the
+  # Gateway's media threads and the model stages' worker threads then grow in steps and never give
+  # memory back. Two arenas per process keep memory flat (docs/performance.md, "Soak").
+  export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
   # Prometheus text (Serve's metrics and avatar_chat_*) on a fixed port (docs/deployment.md)
   ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
     --metrics-export-port="${AVATAR_CHAT_METRICS_PORT:-8090}" >/dev/null

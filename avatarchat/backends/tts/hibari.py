@@ -29,6 +29,9 @@ from avatarchat.messages import AudioChunk
 from avatarchat.threads import stream_in_thread
 
 BUNDLED_FALLBACK = ("heart",)
+_LONGEST_SENTENCE = ("Well, that is a very good question, and I would love to tell you all about it, "
+                     "because the history of the place is long and full of surprising turns, with "
+                     "kings and queens and many strange travellers who came from very far away.")
 
 
 def _assets_dir() -> Path | None:
@@ -94,6 +97,9 @@ class HibariTTS(TTSBackend):
         tts = Hibari(voice=voice, model=str(model), threads=self.options.threads)
         self.sample_rate = int(tts.sample_rate)
         tts("Hi.", speed=self.options.speed, seed=0)  # load the G2P and warm onnxruntime
+        # The longest sentence a reply may send (SentenceChunker's max_chars): onnxruntime's buffers
+        # grow to their largest at start-up, not over the first sessions (the soak's baseline).
+        tts(_LONGEST_SENTENCE, speed=self.options.speed, seed=0)
         self._tts = tts
 
     def close(self) -> None:
