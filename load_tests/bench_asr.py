@@ -24,15 +24,10 @@ from avatarchat.backends.base import create_backend, package_dir
 from avatarchat.config import parse_stage
 from avatarchat.messages import AudioChunk
 from avatarchat.wer import wer
-from load_tests.report import emit, machine
+from load_tests.report import emit, machine, summary
 
 QUESTIONS = ["Hello!", "What colour is the sky?", "Where do you live?", "Can you tell me a joke?",
              "What is the capital of France?", "Please tell me a long story about a dragon."]
-
-
-def summary(values: list[float]) -> dict:
-    a = np.asarray(values)
-    return {"median_s": round(float(np.median(a)), 3), "p95_s": round(float(np.percentile(a, 95)), 3)}
 
 
 def utterances() -> list[tuple[AudioChunk, str]]:

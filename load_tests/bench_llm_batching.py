@@ -16,21 +16,14 @@ import asyncio
 import sys
 import time
 
-import numpy as np
-
 from avatarchat.backends.base import create_backend
 from avatarchat.config import parse_stage
 from avatarchat.messages import ChatMessage, LLMRequest
-from load_tests.report import emit, machine
+from load_tests.report import emit, machine, summary
 
 QUESTIONS = ["What colour is the sky?", "What is the capital of France?", "Tell me a joke.",
              "How are you today?", "What do cats eat?", "Why is the sea salty?",
              "What is your favourite song?", "Where do penguins live?"]
-
-
-def summary(values: list[float]) -> dict:
-    a = np.asarray(values)
-    return {"median_s": round(float(np.median(a)), 3), "p95_s": round(float(np.percentile(a, 95)), 3)}
 
 
 async def one_reply(llm, question: str) -> tuple[float, float, int]:

@@ -18,16 +18,11 @@ import numpy as np
 
 from avatarchat.backends.base import create_backend
 from avatarchat.config import parse_stage
-from load_tests.report import emit, machine
+from load_tests.report import emit, machine, summary
 
 SENTENCES = ["Hello!", "The capital of France is Paris.", "I am doing well, thank you for asking.",
              "Sure, here is a joke.", "Penguins live in the southern half of the world."]
 AUDIBLE = 0.01  # |sample| above this is sound
-
-
-def summary(values: list[float]) -> dict:
-    a = np.asarray(values)
-    return {"median_s": round(float(np.median(a)), 3), "p95_s": round(float(np.percentile(a, 95)), 3)}
 
 
 async def first_sound(tts, text: str) -> tuple[float, float]:

@@ -7,6 +7,8 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
+
 
 def machine() -> dict:
     model = ""
@@ -17,6 +19,12 @@ def machine() -> dict:
         pass
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
             "system": platform.platform()}
+
+
+def summary(seconds: list[float]) -> dict:
+    """Median and p95 of ``seconds``, rounded to the millisecond."""
+    a = np.asarray(seconds, dtype=float)
+    return {"median_s": round(float(np.median(a)), 3), "p95_s": round(float(np.percentile(a, 95)), 3)}
 
 
 def emit(report: dict, json_path: str | None = None) -> None:
