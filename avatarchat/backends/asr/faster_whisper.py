@@ -125,12 +125,12 @@ class FasterWhisperASR(ASRBackend):
                                   max_length=SHORT_MAX_TOKENS, suppress_blank=True,
                                   suppress_tokens=suppressed, return_scores=True,
                                   return_no_speech_prob=True)[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        avg_logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
-        text = tokenizer.decode(tokens).strip()
+        sequence = result.sequences_ids[0]
+        avg_logprob = result.scores[0] * len(sequence) / (len(sequence) + 1)  # as faster-whisper
+        text = tokenizer.decode([t for t in sequence if t < tokenizer.eot]).strip()
         if result.no_speech_prob > 0.6 and avg_logprob < -1.0:  # faster-whisper's no-speech rule
             return Transcript(text="", language=self.options.language)
-        if len(result.sequences_ids[0]) >= SHORT_MAX_TOKENS - len(prompt) or avg_logprob < -1.0 or \
+        if len(sequence) >= SHORT_MAX_TOKENS - len(prompt) or avg_logprob < -1.0 or \
                 get_compression_ratio(text) > 2.4:
             self.short_fallbacks += 1
             return self._transcribe_window(samples)

@@ -231,7 +231,7 @@ class BatchedDecoder:
         # The parked conversation this prompt continues, if any (at least one token stays to read).
         best, common = None, 0
         for seq, kv in self._parked.items():
-            n = _common_prefix(kv, tokens, len(tokens) - 1)
+            n = common_prefix(kv, tokens, len(tokens) - 1)
             if n > common:
                 best, common = seq, n
         if best is not None and common > len(self.prefix) and \
@@ -242,7 +242,7 @@ class BatchedDecoder:
         if not self._free:  # every id is parked: drop the oldest conversation
             self._drop_parked(lc)
         seq = self._free.pop()
-        shared = _common_prefix(self.prefix, tokens, len(tokens) - 1)
+        shared = common_prefix(self.prefix, tokens, len(tokens) - 1)
         if shared:
             lc.llama_memory_seq_cp(self._mem, 0, seq, 0, shared)
         return _Slot(seq, reply, tokens[shared:], tokens[:shared], self._sampler(lc))
@@ -347,7 +347,8 @@ class BatchedDecoder:
         slot.reply.deliver(END)
 
 
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, counting at most ``limit``."""
     n, top = 0, min(len(a), len(b), limit)
     while n < top and a[n] == b[n]:
         n += 1
@@ -364,4 +365,4 @@ def _add(batch, token: int, pos: int, seq: int, logits: bool) -> None:
     batch.n_tokens = i + 1
 
 
-__all__ = ["BatchedDecoder", "END", "Reply", "Sampling"]
+__all__ = ["BatchedDecoder", "END", "Reply", "Sampling", "common_prefix"]

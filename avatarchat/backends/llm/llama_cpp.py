@@ -173,12 +173,11 @@ class LlamaCppLLM(LLMBackend):
     def _shared_prefix(self) -> list[int]:
         """The tokens every prompt starts with (the system prompt and what follows it before the
         user's words): the common prefix of two prompts that differ only there."""
+        from avatarchat.backends.llm._llama_batching import common_prefix
+
         a = self._prompt_tokens(LLMRequest((ChatMessage("user", "Hello."),)), 0)
         b = self._prompt_tokens(LLMRequest((ChatMessage("user", "What?"),)), 0)
-        n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
-            n += 1
-        return a[:n]
+        return a[:common_prefix(a, b, len(a))]
 
     def _prompt_tokens(self, request: LLMRequest, max_tokens: int) -> list[int]:
         history = list(request.history)

@@ -96,9 +96,9 @@ class HibariTTS(TTSBackend):
         model = require_file(voice_path(voice, download_missing=False), f"hibari voice model {voice!r}")
         tts = Hibari(voice=voice, model=str(model), threads=self.options.threads)
         self.sample_rate = int(tts.sample_rate)
-        tts("Hi.", speed=self.options.speed, seed=0)  # load the G2P and warm onnxruntime
-        # The longest sentence a reply may send (SentenceChunker's max_chars): onnxruntime's buffers
-        # grow to their largest at start-up, not over the first sessions (the soak's baseline).
+        # Loads the G2P and warms onnxruntime on about the longest sentence a reply may send
+        # (SentenceChunker's max_chars): its buffers grow to their largest at start-up, not over
+        # the first sessions (the soak's baseline).
         tts(_LONGEST_SENTENCE, speed=self.options.speed, seed=0)
         self._tts = tts
 
