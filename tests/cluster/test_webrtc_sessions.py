@@ -12,12 +12,26 @@ import pytest
 from avatarchat.avatar.pack import AvatarPack
 from signaling.client import AvatarClient, SessionRefused
 from tests.conftest import BECKETT_TEXT
-from tests.helpers import sound_to_mouth_lag, wer
+from tests.helpers import normalise_words, sound_to_mouth_lag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.models, pytest.mark.timeout(300)]
 
 LOOPBACK = ["127.0.0.1"]
 MOUTH_BOX = AvatarPack.load("astronaut").regions["mouth_box"]
+
+
+def heard_share(reference: str, transcripts: list[str]) -> float:
+    """The share of ``reference``'s words found in order in the transcripts, read one after another
+    (the longest common subsequence: a phrase transcribed twice, by a cancelled turn and the turn
+    that merged it, counts once)."""
+    ref = normalise_words(reference)
+    hyp = [w for t in transcripts for w in normalise_words(t)]
+    row = [0] * (len(hyp) + 1)
+    for r in ref:
+        prev_diag, row[0] = 0, 0
+        for j, h in enumerate(hyp, 1):
+            prev_diag, row[j] = row[j], (prev_diag + 1 if r == h else max(row[j], row[j - 1]))
+    return row[-1] / len(ref)
 
 
 def is_reply_done(e):
@@ -50,10 +64,14 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         spoken_s = client.say_wav(speech_assets / "beckett.wav")  # six phrases with ~0.7 s pauses
         done = await client.wait_for_event(is_reply_done, spoken_s + 90)
         events = client.received.events
-        # Pauses end utterances; speech resuming cancels a turn not yet speaking and the next turn
-        # answers the phrases together, so the transcript of the answered turn is the whole text.
-        user = [e for e in events[:events.index(done)] if e["type"] == "transcript" and e["role"] == "user"][-1]
-        assert wer(BECKETT_TEXT, user["text"]) <= 0.25, user["text"]
+        # Pauses end utterances. Speech resuming cancels a turn not yet speaking (the next turn then
+        # answers the phrases together) or interrupts one already speaking (the next turn has only
+        # the later phrases): which happens depends on how fast the reply starts. Either way every
+        # phrase is heard, in order, and the answered turn ends with the recording's last words.
+        users = [e["text"] for e in events[:events.index(done)]
+                 if e["type"] == "transcript" and e["role"] == "user"]
+        assert heard_share(BECKETT_TEXT, users) >= 0.75, users
+        assert normalise_words(users[-1])[-2:] == ["fail", "better"], users
         speaking = [e for e in events[:events.index(done)] if e == {"type": "state", "state": "speaking"}][-1]
         speaking_at = client.received.event_times[len(events[:events.index(done)]) - 1
                                                   - events[:events.index(done)][::-1].index(speaking)]
