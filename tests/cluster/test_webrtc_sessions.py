@@ -79,8 +79,10 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         deltas = "".join(e["text"] for e in client.events_of("transcript", role="avatar", final=False))
         assert deltas.split() == done["text"].split() or deltas.strip()
         await client.wait_for_event(lambda e: e["type"] == "timings", 30)
-        await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30,
-                                    start=client.received.events.index(done))
+        listening = await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30,
+                                                start=client.received.events.index(done))
+        listening_at = client.received.event_times[client.received.events.index(listening,
+                                                                                client.received.events.index(done))]
         await asyncio.sleep(0.5)
         r = client.received
         audio = r.audio_samples()
@@ -88,10 +90,11 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         assert np.sqrt(np.mean(reply ** 2)) > 0.01, "the reply must be audible"
         fps = r.fps()
         assert 10 <= fps <= 30, fps  # real-time video; the rate itself is bench_sessions.py's
-        # The mouth moves while the avatar speaks (frames after "speaking") and rests before.
+        # The mouth moves while the avatar speaks (frames from "speaking" to "listening": not the
+        # idle face after a short reply) and rests before.
         times = np.array(r.video_times[:len(r.mouth)])
         mouth = np.stack(r.mouth).astype(np.float32)
-        talking = mouth[times >= speaking_at]
+        talking = mouth[(times >= speaking_at) & (times <= listening_at)]
         # Resting: before the avatar first spoke at all. A pause in the speech can start a turn
         # that speaks briefly before the resumed speech interrupts it, so frames just before the
         # answered turn's "speaking" may show a moving mouth.
