@@ -33,6 +33,15 @@ def mouth_motion(mouth_crops) -> np.ndarray:
     return np.abs(m - np.median(m[:20], axis=0)).mean(axis=(1, 2))
 
 
+def mouth_change(mouth_crops) -> np.ndarray:
+    """Per pair of consecutive frames, the mean absolute change of the mouth crop. Speech reshapes
+    the mouth from frame to frame; the idle head sway is slow and moves the crop by a fraction of a
+    pixel per frame, so unlike the spread over a window this does not grow with the window's
+    length."""
+    m = np.stack(mouth_crops).astype(np.float32)
+    return np.abs(np.diff(m, axis=0)).reshape(len(m) - 1, -1).mean(axis=1)
+
+
 def sound_to_mouth_lag(received, since: float | None = None) -> tuple[float, float]:
     """(lag in s, correlation) of the mouth's movement behind the sound, as an AvatarClient received
     them (``received.mouth`` needs a mouth box; its first frames must be the idle face). The sound

@@ -1,5 +1,5 @@
 """Small helpers shared by tests: a real OpenAI-compatible SSE server, and (from avatarchat/, where
-the benchmarks import them too) the word error rate and the lip-sync measure."""
+the benchmarks import them too) the word error rate and the lip-sync measures."""
 
 import json
 import socket
@@ -7,10 +7,10 @@ import threading
 import time
 import uuid
 
-from avatarchat.lipsync import sound_to_mouth_lag
+from avatarchat.lipsync import mouth_change, sound_to_mouth_lag
 from avatarchat.wer import edit_distance, normalise_words, wer
 
-__all__ = ["OpenAIServer", "edit_distance", "normalise_words", "sound_to_mouth_lag", "wer"]
+__all__ = ["OpenAIServer", "edit_distance", "mouth_change", "normalise_words", "sound_to_mouth_lag", "wer"]
 
 # -- a real OpenAI-compatible chat-completions server over any LLM backend ---------------------
 

@@ -16,7 +16,7 @@ from avatarchat.avatar.pack import AvatarPack
 from avatarchat.client.turn_client import TurnClient
 from avatarchat.messages import AudioChunk
 from avatarchat.local_cluster import ROOT
-from tests.helpers import wer
+from tests.helpers import mouth_change, wer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.models]
 
@@ -48,7 +48,7 @@ def test_cli_turns_a_recorded_utterance_into_a_reply_video(service, speech_asset
     # The portrait visibly speaks: the mouth region changes over the reply.
     x0, y0, x1, y1 = AvatarPack.load("astronaut").regions["mouth_box"]
     mouth = np.stack([f[y0:y1, x0:x1].astype(np.float32) for f in frames])
-    assert mouth.std(axis=0).mean() > 4.0
+    assert mouth_change(mouth).mean() > 1.5  # frame to frame: the idle sway alone moves it less
 
 
 def test_the_reply_is_speech_that_says_its_text(service, whisper_asr):

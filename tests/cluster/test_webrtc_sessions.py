@@ -12,7 +12,7 @@ import pytest
 from avatarchat.avatar.pack import AvatarPack
 from signaling.client import AvatarClient, SessionRefused
 from tests.conftest import BECKETT_TEXT
-from tests.helpers import normalise_words, sound_to_mouth_lag
+from tests.helpers import mouth_change, normalise_words, sound_to_mouth_lag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.models, pytest.mark.timeout(300)]
 
@@ -101,9 +101,13 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         first_speaking = next(t for e, t in zip(r.events, r.event_times)
                               if e == {"type": "state", "state": "speaking"})
         resting = mouth[times < first_speaking - 1.0]
-        assert len(talking) > 25 and len(resting) > 25, (len(talking), len(resting))
-        assert talking.std(axis=0).mean() > 3.0
-        assert talking.std(axis=0).mean() > 2 * resting.std(axis=0).mean()
+        # A two-word reply is ~15 frames; the resting face before it is seconds long.
+        assert len(talking) > 10 and len(resting) > 25, (len(talking), len(resting))
+        # Frame-to-frame change, not the spread over each window: the head's idle sway moves the
+        # mouth crop too, and over a longer resting window spread it as much as half the talking.
+        talking_change, resting_change = mouth_change(talking).mean(), mouth_change(resting).mean()
+        assert talking_change > 1.5, (talking_change, resting_change)
+        assert talking_change > 3 * resting_change, (talking_change, resting_change)
         lag, corr = sound_to_mouth_lag(r)  # sound and mouth arrive together
         print(f"\nWEBRTC one session: connect {client.connect_s * 1000:.0f} ms, received video "
               f"{fps:.1f} fps over {len(r.video_times)} frames, reply {done['audio_s']} s, "

@@ -15,7 +15,7 @@ from avatarchat.ports import LocalPorts
 from signaling import routes
 from signaling.client import AvatarClient, SessionRefused
 from signaling.service import SessionService, session_deps
-from tests.helpers import sound_to_mouth_lag
+from tests.helpers import mouth_change, sound_to_mouth_lag
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,8 +68,8 @@ async def test_a_typed_question_is_answered_with_audio_and_moving_mouth():
     # video flows at a real-time rate (a busy test machine slows it; load_tests/bench_sessions.py
     # measures the rate itself)
     assert 10 <= client.received.fps() <= 30
-    mouth = np.stack(client.received.mouth).astype(np.float32)
-    assert mouth.std(axis=0).mean() > 2.0
+    # frame-to-frame change (the idle head sway alone moves the mouth crop ~0.4 a frame)
+    assert mouth_change(client.received.mouth).mean() > 1.0
     assert len(service) == 1
     assert await client.close() == 204
     assert len(service) == 0
@@ -289,8 +289,8 @@ async def test_talking_over_the_avatar_stops_it_and_keeps_only_what_was_heard(be
         r = client.received
         times = np.array(r.video_times[:len(r.mouth)])
         mouth = np.stack(r.mouth).astype(np.float32)
-        talking = mouth[(times > at - 1.0) & (times < at - 0.3)].std(axis=0).mean()
-        after = mouth[(times > at + 0.2) & (times < at + 1.0)].std(axis=0).mean()
+        talking = mouth_change(mouth[(times > at - 1.0) & (times < at - 0.3)]).mean()
+        after = mouth_change(mouth[(times > at + 0.2) & (times < at + 1.0)]).mean()
         assert after < talking / 2, (after, talking)
         answer = await client.wait_for_event(
             lambda e: e["type"] == "transcript" and e["role"] == "user" and e["text"] == "Stop please.", 20)

@@ -121,3 +121,23 @@ def test_a_minute_of_idle_video_shows_blinks_in_the_eyes(renderer, pack):
     closed = lum > baseline + 0.5 * rise
     blinks = int(np.sum(closed[1:] & ~closed[:-1]))
     assert rise > 8 and 10 <= blinks <= 30, (rise, blinks)
+
+
+def test_mouth_change_tells_speech_from_the_idle_sway(renderer, pack):
+    """The cluster tests judge a talking mouth by frame-to-frame change (avatarchat.lipsync): the
+    idle head sway over seconds moves the mouth crop, but little between two frames."""
+    from dataclasses import replace
+
+    from avatarchat.avatar.motion import idle_motion
+    from avatarchat.lipsync import mouth_change
+
+    x0, y0, x1, y1 = pack.regions["mouth_box"]
+    times = [i / 25 for i in range(100)]
+    idle = [idle_motion(t) for t in times]
+    talking = [replace(m, mouth_open=0.5 + 0.4 * np.sin(2 * np.pi * 4 * t)) for m, t in zip(idle, times)]
+    crops = lambda motions: [renderer.render(m)[y0:y1, x0:x1] for m in motions]  # noqa: E731
+    resting, speaking = crops(idle), crops(talking)
+    # the sway does move the crop over the 4 s (the spread the old check compared) ...
+    assert np.stack(resting).astype(np.float32).std(axis=0).mean() > 3.0
+    # ... but between frames speech changes it many times more
+    assert mouth_change(speaking).mean() > 5 * mouth_change(resting).mean()
