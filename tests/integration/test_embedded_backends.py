@@ -13,7 +13,7 @@ from avatarchat.backends.base import create_backend
 from avatarchat.config import parse_stage
 from avatarchat.messages import AudioChunk, ChatMessage, LLMRequest
 from avatarchat.segmenter import SpeechEnded, SpeechStarted, find_speech, segmenter_for
-from tests.helpers import OpenAIServer, wer
+from tests.helpers import OpenAIServer, normalise_words, wer
 
 pytestmark = pytest.mark.models
 
@@ -123,7 +123,8 @@ async def test_asr_short_window_hears_what_the_30_s_window_hears(whisper_asr, be
 async def test_asr_short_window_falls_back_when_it_loops_and_hears_no_speech_in_noise(whisper_asr):
     """A window fitted too tightly makes tiny.en loop ("What color is the sky? What color is the
     sky? ..."): the checks on the decode catch it and the 30 s path answers. The voice is seeded, so
-    the audio, and the loop, are the same every run. Silence and noise give no words."""
+    the audio, and the loop, are the same every run. A phrase doubled by the default window is
+    redone too. Silence and noise give no words."""
     tts = create_backend(parse_stage("test", "tts", {"backend": "hibari", "seed": 0}))
     tight = create_backend(parse_stage("test", "asr", {"backend": "faster_whisper", "short_window_s": 3.0}))
     try:
@@ -136,6 +137,16 @@ async def test_asr_short_window_falls_back_when_it_loops_and_hears_no_speech_in_
     finally:
         tight.close()
         tts.close()
+    # Even the default 10 s window doubles this seed's "Hello!" ("Hello? Hello?"): a phrase said
+    # twice over is redone on the 30 s path too.
+    tts = create_backend(parse_stage("test", "tts", {"backend": "hibari", "seed": 2}))
+    try:
+        audio = np.concatenate([c.samples async for c in tts.synthesize("Hello!")])
+    finally:
+        tts.close()
+    before = whisper_asr.short_fallbacks
+    assert normalise_words((await whisper_asr.transcribe(AudioChunk(audio, 24000))).text) == ["hello"]
+    assert whisper_asr.short_fallbacks == before + 1
     noise = (0.1 * np.random.default_rng(0).standard_normal(32000)).astype(np.float32)
     for quiet in (np.zeros(32000, np.float32), noise):
         assert (await whisper_asr.transcribe(AudioChunk(quiet, 16000))).text == ""

@@ -5,7 +5,9 @@ Whisper's encoder is trained on 30 s windows, and faster-whisper pads every utte
 (10 s) with a second to spare is encoded in a window of that length instead and decoded greedily
 in one CTranslate2 call: about a third of the time, the same words (docs/performance.md). Windows
 fitted tightly to the speech (speech + 1-5 s) were tried and rejected: tiny.en then often loops
-("Hello Hello Hello ...", a question repeated). Longer utterances, beam search and language
+("Hello Hello Hello ...", a question repeated). Even the 10 s window now and then doubles a one-word
+utterance ("Hello? Hello?", ~1 in 70 short TTS phrases): such a decode is redone on the 30 s path,
+as are unsure ones and loops. Longer utterances, beam search and language
 detection take faster-whisper's own path.
 
 ~0.5-0.7 s per short utterance on 2 CPU threads (int8).
@@ -32,6 +34,15 @@ from avatarchat.messages import AudioChunk, Transcript
 
 # Tokens a short-window decode may produce (9 s of fast speech is ~40): more means a loop.
 SHORT_MAX_TOKENS = 128
+
+
+def is_repeated(text: str) -> bool:
+    """Whether ``text`` is one phrase said two or more times over ("Hello? Hello?"): the start of
+    a loop, too short for the compression-ratio check to see. Meant as a reason to decode again on
+    the 30 s path, which keeps a real "bye bye" if that is what was said."""
+    words = "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
+    n = len(words)
+    return any(n % k == 0 and words == words[:k] * (n // k) for k in range(1, n // 2 + 1))
 
 
 def bundled_model_path() -> Path | None:
@@ -110,7 +121,8 @@ class FasterWhisperASR(ASRBackend):
     def _transcribe_short(self, samples) -> Transcript:
         """One greedy CTranslate2 call on a ``short_window_s`` window, padded with zeros as
         faster-whisper pads the 30 s one, with faster-whisper's own checks on the result: no speech
-        (nothing is returned), or a loop or an unsure decode (the 30 s path decides instead)."""
+        (nothing is returned), or a loop, a phrase said twice over or an unsure decode (the 30 s path
+        decides instead)."""
         import ctranslate2
         from faster_whisper.transcribe import get_compression_ratio
 
@@ -131,7 +143,7 @@ class FasterWhisperASR(ASRBackend):
         if result.no_speech_prob > 0.6 and avg_logprob < -1.0:  # faster-whisper's no-speech rule
             return Transcript(text="", language=self.options.language)
         if len(sequence) >= SHORT_MAX_TOKENS - len(prompt) or avg_logprob < -1.0 or \
-                get_compression_ratio(text) > 2.4:
+                get_compression_ratio(text) > 2.4 or is_repeated(text):
             self.short_fallbacks += 1
             return self._transcribe_window(samples)
         return Transcript(text=text, language=self.options.language)
