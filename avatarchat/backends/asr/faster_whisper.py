@@ -74,7 +74,8 @@ class FasterWhisperASR(ASRBackend):
         short_window_s: float = Field(
             10.0, ge=0.0, le=30.0, description="encode an utterance of up to this minus 1 s in a window "
             "of this length instead of Whisper's 30 s (faster; greedy decoding with a fixed language "
-            "only); 0 always uses 30 s")
+            "only); a decode that looks unsure, loops or says one phrase twice over (\"Hello? Hello?\") "
+            "is redone in 30 s; 0 always uses 30 s")
 
     def __init__(self, options):
         super().__init__(options)
