@@ -9,15 +9,20 @@ import numpy as np
 
 
 def envelope_lag(audio_times, audio_env, video_times, mouth_motion, step_s: float = 0.01,
-                 max_lag_s: float = 0.3) -> tuple[float, float]:
+                 max_lag_s: float = 0.3, highpass_s: float = 1.0) -> tuple[float, float]:
     """(lag in s, correlation) of ``mouth_motion`` (sampled at ``video_times``) behind
     ``audio_env`` (sampled at ``audio_times``): both are interpolated onto a common ``step_s`` grid
-    over the time they overlap, normalised, and cross-correlated for lags up to ``max_lag_s``
-    either way. A positive lag means the mouth moves after the sound."""
+    over the time they overlap, each less its ``highpass_s`` moving average, normalised, and
+    cross-correlated for lags up to ``max_lag_s`` either way. A positive lag means the mouth moves
+    after the sound. The high-pass keeps syllables and drops what is slower: the idle head sway
+    moves the mouth crop over seconds and, unfiltered, weighed as much as a short reply."""
     at, env = np.asarray(audio_times, float), np.asarray(audio_env, float)
     vt, mouth = np.asarray(video_times, float), np.asarray(mouth_motion, float)
     grid = np.arange(max(at[0], vt[0]), min(at[-1], vt[-1]), step_s)
     a, v = np.interp(grid, at, env), np.interp(grid, vt, mouth)
+    if highpass_s > 0:
+        kernel = np.ones(max(1, int(round(highpass_s / step_s)))) / max(1, int(round(highpass_s / step_s)))
+        a, v = a - np.convolve(a, kernel, mode="same"), v - np.convolve(v, kernel, mode="same")
     a, v = (a - a.mean()) / a.std(), (v - v.mean()) / v.std()
     n = int(round(max_lag_s / step_s))
     lags = list(range(-n, n + 1))

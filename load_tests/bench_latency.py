@@ -33,7 +33,9 @@ Measured (client monotonic clock; audio judged in 10 ms windows, sounding when R
 - av_offset_s: per round, the lag of the mouth's movement (mouth-box crops of the received video;
   with --render browser the received mouth_open values) behind the received audio envelope, by
   cross-correlation (avatarchat/lipsync.py); positive: the mouth is late. av_correlation is the
-  lip-sync score: how well the mouth follows the sound's energy at that lag.
+  lip-sync score: how well the mouth follows the sound's energy at that lag. Since 2026-11-27 both
+  signals are high-passed (less their 1 s moving average) before correlating, so the head's idle
+  sway no longer counts against the score; scores recorded before that are unfiltered.
 - server.*: every numeric field of the server's "timings" event for the turn that answered (the last
   one received for that input), as the server sends it.
 

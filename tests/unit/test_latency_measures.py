@@ -87,6 +87,19 @@ def test_av_lag_finds_a_known_shift_of_the_mouth_behind_the_sound(shift):
     assert corr > 0.8
 
 
+def test_av_lag_of_a_short_reply_is_not_drowned_by_the_slow_head_sway():
+    """A 0.8 s reply in 15 s of stream; the mouth measure also carries the idle sway (slow, as
+    large as the speech): the high-pass keeps the correlation, unfiltered it falls."""
+    t = np.arange(0, 15, 0.04)
+    speech = (t > 10) & (t < 10.8)
+    env = np.where(speech, 0.5 + 0.4 * np.abs(np.sin(2 * np.pi * 3 * t)), 0.0)
+    sway = 0.6 * np.sin(2 * np.pi * 0.15 * t) + 0.4 * np.sin(2 * np.pi * 0.31 * t + 1.0)
+    mouth = np.interp(t - 0.08, t, env) + sway
+    lag, corr = envelope_lag(t, env, t, mouth)
+    assert lag == pytest.approx(0.08, abs=0.011) and corr > 0.7
+    assert envelope_lag(t, env, t, mouth, highpass_s=0)[1] < corr - 0.2
+
+
 def test_the_microphone_records_when_each_queued_sample_went_out():
     import asyncio
 
