@@ -21,7 +21,8 @@ def envelope_lag(audio_times, audio_env, video_times, mouth_motion, step_s: floa
     grid = np.arange(max(at[0], vt[0]), min(at[-1], vt[-1]), step_s)
     a, v = np.interp(grid, at, env), np.interp(grid, vt, mouth)
     if highpass_s > 0:
-        kernel = np.ones(max(1, int(round(highpass_s / step_s)))) / max(1, int(round(highpass_s / step_s)))
+        width = max(1, int(round(highpass_s / step_s)))
+        kernel = np.full(width, 1.0 / width)
         a, v = a - np.convolve(a, kernel, mode="same"), v - np.convolve(v, kernel, mode="same")
     a, v = (a - a.mean()) / a.std(), (v - v.mean()) / v.std()
     n = int(round(max_lag_s / step_s))

@@ -64,27 +64,25 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         spoken_s = client.say_wav(speech_assets / "beckett.wav")  # six phrases with ~0.7 s pauses
         done = await client.wait_for_event(is_reply_done, spoken_s + 90)
         events = client.received.events
+        i_done = events.index(done)
         # Pauses end utterances. Speech resuming cancels a turn not yet speaking (the next turn then
         # answers the phrases together) or interrupts one already speaking (the next turn has only
         # the later phrases): which happens depends on how fast the reply starts. Either way every
         # phrase is heard, in order, and the answered turn ends with the recording's last words.
-        users = [e["text"] for e in events[:events.index(done)]
-                 if e["type"] == "transcript" and e["role"] == "user"]
+        users = [e["text"] for e in events[:i_done] if e["type"] == "transcript" and e["role"] == "user"]
         assert heard_share(BECKETT_TEXT, users) >= 0.75, users
         assert normalise_words(users[-1])[-2:] == ["fail", "better"], users
-        speaking = [e for e in events[:events.index(done)] if e == {"type": "state", "state": "speaking"}][-1]
-        speaking_at = client.received.event_times[len(events[:events.index(done)]) - 1
-                                                  - events[:events.index(done)][::-1].index(speaking)]
+        speaking_at = [t for e, t in zip(events[:i_done], client.received.event_times)
+                       if e == {"type": "state", "state": "speaking"}][-1]
         assert len(done["text"].split()) >= 2
         deltas = "".join(e["text"] for e in client.events_of("transcript", role="avatar", final=False))
         assert deltas.split() == done["text"].split() or deltas.strip()
         await client.wait_for_event(lambda e: e["type"] == "timings", 30)
-        listening = await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30,
-                                                start=client.received.events.index(done))
-        listening_at = client.received.event_times[client.received.events.index(listening,
-                                                                                client.received.events.index(done))]
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 30, start=i_done)
         await asyncio.sleep(0.5)
         r = client.received
+        listening_at = next(t for e, t in zip(r.events[i_done:], r.event_times[i_done:])
+                            if e == {"type": "state", "state": "listening"})
         audio = r.audio_samples()
         reply = audio[-int((done["audio_s"] + 3) * 48000):]
         assert np.sqrt(np.mean(reply ** 2)) > 0.01, "the reply must be audible"

@@ -120,23 +120,21 @@ async def test_asr_short_window_hears_what_the_30_s_window_hears(whisper_asr, be
         padded.close()
 
 
-async def test_asr_short_window_falls_back_when_it_loops_and_hears_no_speech_in_noise(whisper_asr):
+async def test_asr_short_window_falls_back_when_it_loops_and_hears_no_speech_in_noise(whisper_asr, hibari_tts):
     """A window fitted too tightly makes tiny.en loop ("What color is the sky? What color is the
-    sky? ..."): the checks on the decode catch it and the 30 s path answers. The voice is seeded, so
-    the audio, and the loop, are the same every run. A phrase doubled by the default window is
+    sky? ..."): the checks on the decode catch it and the 30 s path answers. The fixture's voice is
+    seeded, so the audio, and the loop, are the same every run. A phrase doubled by the default window is
     redone too. Silence and noise give no words."""
-    tts = create_backend(parse_stage("test", "tts", {"backend": "hibari", "seed": 0}))
     tight = create_backend(parse_stage("test", "asr", {"backend": "faster_whisper", "short_window_s": 3.0}))
     try:
         for sentence in ("Where do you live?", "What colour is the sky?"):
-            audio = np.concatenate([c.samples async for c in tts.synthesize(sentence)])
+            audio = np.concatenate([c.samples async for c in hibari_tts.synthesize(sentence)])
             before = tight.short_fallbacks
             text = (await tight.transcribe(AudioChunk(audio, 24000))).text
             assert wer(sentence, text) <= 0.2, text
             assert tight.short_fallbacks == before + 1  # the short decode was judged and redone
     finally:
         tight.close()
-        tts.close()
     # Even the default 10 s window doubles this seed's "Hello!" ("Hello? Hello?"): a phrase said
     # twice over is redone on the 30 s path too.
     tts = create_backend(parse_stage("test", "tts", {"backend": "hibari", "seed": 2}))

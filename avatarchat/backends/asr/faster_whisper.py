@@ -30,6 +30,7 @@ from avatarchat.backends.asr.base import ASRBackend
 from avatarchat.backends.base import model_path, require_file
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk, Transcript
+from avatarchat.wer import normalise_words
 
 
 # Tokens a short-window decode may produce (9 s of fast speech is ~40): more means a loop.
@@ -40,7 +41,7 @@ def is_repeated(text: str) -> bool:
     """Whether ``text`` is one phrase said two or more times over ("Hello? Hello?"): the start of
     a loop, too short for the compression-ratio check to see. Meant as a reason to decode again on
     the 30 s path, which keeps a real "bye bye" if that is what was said."""
-    words = "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
+    words = normalise_words(text)
     n = len(words)
     return any(n % k == 0 and words == words[:k] * (n // k) for k in range(1, n // 2 + 1))
 
