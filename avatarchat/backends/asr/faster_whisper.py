@@ -19,6 +19,7 @@ once and queues the rest, so concurrent ``transcribe`` calls are safe.
 from __future__ import annotations
 
 import asyncio
+import enum
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,29 @@ def is_repeated(text: str) -> bool:
     words = normalise_words(text)
     n = len(words)
     return any(n % k == 0 and words == words[:k] * (n // k) for k in range(1, n // 2 + 1))
+
+
+class ShortDecode(enum.Enum):
+    """What to do with a short-window decode."""
+
+    KEEP = "keep"            # its text is the transcript
+    NO_SPEECH = "no_speech"  # nothing was said: an empty transcript
+    REDO = "redo"            # a loop, a doubled phrase or an unsure decode: the 30 s path decides
+
+
+def judge_short_decode(text: str, tokens: int, max_tokens: int, avg_logprob: float,
+                       no_speech_prob: float) -> ShortDecode:
+    """faster-whisper's own checks on a decode (no-speech rule, log-probability and compression
+    thresholds), plus a cap on tokens (a loop runs to it) and the doubled-phrase check. Pure, so the
+    rule is tested on inputs chosen by hand: which audio makes a given CPU loop is an accident."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    if no_speech_prob > 0.6 and avg_logprob < -1.0:
+        return ShortDecode.NO_SPEECH
+    if tokens >= max_tokens or avg_logprob < -1.0 or get_compression_ratio(text) > 2.4 \
+            or is_repeated(text):
+        return ShortDecode.REDO
+    return ShortDecode.KEEP
 
 
 def bundled_model_path() -> Path | None:
@@ -126,7 +150,6 @@ class FasterWhisperASR(ASRBackend):
         (nothing is returned), or a loop, a phrase said twice over or an unsure decode (the 30 s path
         decides instead)."""
         import ctranslate2
-        from faster_whisper.transcribe import get_compression_ratio
 
         tokenizer, prompt, suppressed = self._short
         m = self._model
@@ -142,10 +165,11 @@ class FasterWhisperASR(ASRBackend):
         sequence = result.sequences_ids[0]
         avg_logprob = result.scores[0] * len(sequence) / (len(sequence) + 1)  # as faster-whisper
         text = tokenizer.decode([t for t in sequence if t < tokenizer.eot]).strip()
-        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:  # faster-whisper's no-speech rule
+        verdict = judge_short_decode(text, len(sequence), SHORT_MAX_TOKENS - len(prompt), avg_logprob,
+                                     result.no_speech_prob)
+        if verdict is ShortDecode.NO_SPEECH:
             return Transcript(text="", language=self.options.language)
-        if len(sequence) >= SHORT_MAX_TOKENS - len(prompt) or avg_logprob < -1.0 or \
-                get_compression_ratio(text) > 2.4 or is_repeated(text):
+        if verdict is ShortDecode.REDO:
             self.short_fallbacks += 1
             return self._transcribe_window(samples)
         return Transcript(text=text, language=self.options.language)
