@@ -1,8 +1,17 @@
 """Shared fixtures. Add fixtures by appending; keep each small."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# No test reaches a Ray cluster it did not start. Ray resolves a missing address from RAY_ADDRESS,
+# then from the "most recent cluster" file in its temp dir (scripts/serve.sh's, a dead one, anyone's):
+# the suite gets a temp dir of its own, so that file names only clusters the suite started, and
+# every cluster test passes its cluster's address explicitly (avatarchat/local_cluster.py).
+os.environ.pop("RAY_ADDRESS", None)
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="avatar-chat-tests-ray-")
 
 from avatarchat.audio import read_wav
 from avatarchat.backends.base import create_backend, package_dir

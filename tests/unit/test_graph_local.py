@@ -22,9 +22,11 @@ SCRIPTED_ARGS = {
 
 @pytest.fixture(scope="module")
 def gateway():
+    # Local testing mode runs the replicas in this process and starts no cluster, so there is
+    # nothing to shut down. serve.shutdown() here would connect to the machine's most recent Ray
+    # cluster (someone else's, or a dead one it then waits minutes for) and shut its apps down.
     handle = serve.run(graph.build_app(SCRIPTED_ARGS), _local_testing_mode=True)
-    yield handle.options(stream=True)
-    serve.shutdown()
+    return handle.options(stream=True)
 
 
 async def events_of(gateway, request):
