@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import wave
 from pathlib import Path
 
@@ -13,17 +14,29 @@ from avatarchat.errors import BadInput
 
 
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """PCM WAV bytes -> (mono float32 samples, sample rate). Raises BadInput with the reason."""
+    """PCM WAV bytes -> (mono float32 samples, sample rate). Raises BadInput with the reason, and
+    nothing else, whatever the bytes (they come from users: a cut upload, a non-WAV file)."""
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
             channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as err:
-        raise BadInput(f"not a readable PCM WAV file: {err}") from None
+    except EOFError:  # wave says nothing more: the bytes end inside a chunk header or the fmt chunk
+        raise BadInput("not a readable PCM WAV file: it ends inside its header (cut short?)") from None
+    except (wave.Error, struct.error, ValueError, RuntimeError, OSError) as err:
+        reason = str(err) or type(err).__name__
+        raise BadInput(f"not a readable PCM WAV file ({reason}); send 16-bit PCM WAV") from None
     if width not in (1, 2, 4):
         raise BadInput(f"unsupported WAV sample width {width * 8} bits; use 16-bit PCM")
     if rate < 8000 or rate > 192000:
         raise BadInput(f"unsupported WAV sample rate {rate} Hz")
+    if not frames:
+        raise BadInput(f"the WAV holds no audio: its data chunk is empty or shorter than one frame "
+                       f"({channels} channel(s) of {width * 8} bits)")
+    # A header that claims more frames than the file holds is read as far as it goes (a cut
+    # upload is still speech), but a cut inside a sample cannot be read as numbers.
+    if len(frames) % width:
+        raise BadInput(f"the WAV's audio data ends mid-sample: {len(frames)} bytes is not a whole "
+                       f"number of {width}-byte samples (the file was cut short?)")
     dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
     pcm = np.frombuffer(frames, dtype=dtype)
     if width == 1:

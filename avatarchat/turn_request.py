@@ -51,7 +51,9 @@ def _audio(wav: bytes, limits: Limits) -> AudioChunk:
 def _from_json(body: bytes, limits: Limits, realtime: bool | None) -> TurnRequest:
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise BadInput("JSON body is nested too deeply") from None
+    except ValueError as err:  # also UnicodeDecodeError, and an integer of over 4300 digits
         raise BadInput(f"body is not valid JSON: {err}") from None
     if not isinstance(doc, dict):
         raise BadInput("JSON body must be an object")
@@ -68,12 +70,16 @@ def _from_json(body: bytes, limits: Limits, realtime: bool | None) -> TurnReques
         if len(text) > limits.max_text_chars:
             raise BadInput(f"'text' of {len(text)} characters is over the limit of {limits.max_text_chars}", 413)
     else:
+        if not isinstance(audio_b64, str):
+            raise BadInput("'audio_wav_b64' must be a string of base64")
         try:
-            audio = _audio(base64.b64decode(audio_b64, validate=True), limits)
-        except (binascii.Error, TypeError, ValueError) as err:
-            if isinstance(err, BadInput):
-                raise
+            wav = base64.b64decode(audio_b64, validate=True)
+        except (binascii.Error, ValueError) as err:  # ValueError: a non-ASCII character
             raise BadInput(f"'audio_wav_b64' is not valid base64: {err}") from None
+        try:
+            audio = _audio(wav, limits)
+        except BadInput as err:  # the base64 was fine: the fault is in the WAV it holds
+            raise BadInput(f"'audio_wav_b64': {err.reason}", err.status) from None
     history = _history(doc.get("history", []), limits)
     rt = doc.get("realtime", realtime)
     if rt is not None and not isinstance(rt, bool):

@@ -46,8 +46,34 @@ def test_wav_and_json_forms():
     ({"audio_wav_b64": "not base64!"}, "application/json", 400, "base64"),
     ({"text": "hi", "history": [{"role": "system", "content": "x"}]}, "application/json", 400, "history[0]"),
     ({"text": "hi", "realtime": "yes"}, "application/json", 400, "realtime"),
+    (WAV[:-1], "audio/wav", 400, "ends mid-sample: 15999 bytes is not a whole number of 2-byte samples"),
+    ({"audio_wav_b64": base64.b64encode(WAV[:-1]).decode()}, "application/json", 400,
+     "'audio_wav_b64': the WAV's audio data ends mid-sample"),
+    ({"audio_wav_b64": base64.b64encode(b"RIFFjunk").decode()}, "application/json", 400,
+     "'audio_wav_b64': not a readable PCM WAV file"),
+    ({"audio_wav_b64": 12}, "application/json", 400, "must be a string"),
+    ({"audio_wav_b64": "AAAAé"}, "application/json", 400, "not valid base64"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nested too deeply"),
+    (b'{"text": "hi", "n": ' + b"9" * 5000 + b"}", "application/json", 400, "not valid JSON"),
+    (b'{"text": "\xff"}', "application/json", 400, "not valid JSON"),
 ])
 def test_bad_input_is_refused_with_a_reason(body, ctype, status, words):
     with pytest.raises(BadInput) as err:
         parse(body, ctype)
     assert err.value.status == status and words in err.value.reason
+
+
+def test_no_body_gets_anything_but_bad_input():
+    """A route that lets another exception out answers 500: every cut of a WAV, plain or in JSON,
+    and every cut of a JSON body is parsed or refused with a reason."""
+    doc = json.dumps({"audio_wav_b64": base64.b64encode(WAV[:300]).decode(),
+                      "history": [{"role": "user", "content": "a"}], "realtime": True}).encode()
+    bodies = [("audio/wav", WAV[:n]) for n in range(0, 300)]
+    bodies += [("application/json", doc[:n]) for n in range(len(doc))]
+    bodies += [("application/json", json.dumps({"audio_wav_b64": base64.b64encode(WAV[:n]).decode()}).encode())
+               for n in range(0, 300, 3)]
+    for ctype, body in bodies:
+        try:
+            parse(body, ctype)
+        except BadInput as err:
+            assert err.reason and err.status in (400, 413), (body, err.reason)
