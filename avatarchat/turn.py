@@ -12,6 +12,8 @@ stage call still in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +25,11 @@ from avatarchat.pacing import Clock, PlayoutPacer, Stopwatch, monotonic
 from avatarchat.ports import StagePorts
 from avatarchat.sentences import SentenceChunker
 
+log = logging.getLogger("ray.serve")
+
 _END = object()
+# The longest reason a user is sent; the whole error goes to the log.
+MAX_REASON_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +69,7 @@ class Turn:
             try:
                 transcript = await self.ports.transcribe(user)
             except Exception as err:  # noqa: BLE001 - reported as this turn's failure
-                yield TurnFailed("asr", _reason(err))
+                yield TurnFailed("asr", _reason("asr", err))
                 return
             self.timings.asr = watch.elapsed()
         else:
@@ -85,7 +91,7 @@ class Turn:
         try:
             while (item := await out.get()) is not _END:
                 if isinstance(item, _StageError):
-                    yield TurnFailed(item.stage, _reason(item.error))
+                    yield TurnFailed(item.stage, _reason(item.stage, item.error))
                     return
                 if not speaking and not isinstance(item, TextDelta):
                     speaking = True
@@ -166,7 +172,40 @@ class Turn:
             await out.put(_StageError(stage, err))
 
 
-def _reason(err: BaseException) -> str:
-    # Errors from remote replicas carry the remote traceback; the last line holds the cause.
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+def _reason(stage: str, err: BaseException) -> str:
+    """What the user is told of a stage's failure: something they can act on, not Ray's advice on
+    OOM killers. The whole error goes to the log."""
+    log.warning("turn failed in the %s stage", stage, exc_info=err)
+    cause = err
+    ray_exceptions = sys.modules.get("ray.exceptions")  # looked up, not imported: no Ray, no Ray errors
+    if ray_exceptions is not None and isinstance(err, ray_exceptions.RayTaskError) and err.cause is not None:
+        cause = err.cause  # raised in the replica; its own message, without the remote traceback
+    trouble = _replica_trouble(cause)
+    if trouble is not None:
+        return f"the {stage} stage's {trouble}"
+    reason = getattr(cause, "reason", None)  # BadInput and its kind: written for users already
+    if not isinstance(reason, str) or not reason.strip():
+        # A remote traceback's last line holds the cause.
+        lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(cause).__name__
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 3] + "..."
+
+
+# Ray's and Serve's errors that say a stage's replica is gone or busy, not that the input was bad.
+_STOPPED = {"ray.exceptions": ("RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError",
+                               "LocalRayletDiedError", "ObjectLostError"),
+            "ray.serve.exceptions": ("ReplicaUnavailableError",)}
+_BUSY = {"ray.exceptions": ("PendingCallsLimitExceeded",), "ray.serve.exceptions": ("BackPressureError",)}
+_DOWN = {"ray.serve.exceptions": ("DeploymentUnavailableError",)}
+
+
+def _replica_trouble(err: BaseException) -> str | None:
+    for kinds, words in ((_STOPPED, "replica stopped while answering; try again in a few seconds"),
+                         (_BUSY, "replicas are all busy; try again in a few seconds"),
+                         (_DOWN, "deployment is not running; the service's operator can see why in its logs")):
+        for module, names in kinds.items():
+            found = sys.modules.get(module)
+            types = tuple(t for n in names if isinstance(t := getattr(found, n, None), type))
+            if types and isinstance(err, types):
+                return words
+    return None

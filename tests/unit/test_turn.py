@@ -1,6 +1,8 @@
 """The turn orchestrator with scripted stages: ordering, streaming, pacing, cancellation, failure."""
 
 import asyncio
+import contextlib
+import logging
 import time
 
 import numpy as np
@@ -94,3 +96,95 @@ async def test_a_failing_stage_ends_the_turn_with_its_name():
     events = await collect(Turn(ports), utterance())
     assert isinstance(events[-1], TurnFailed) and events[-1].stage == "asr"
     assert "scripted ASR failure" in events[-1].reason
+
+
+# What Ray's raylet says when a replica's process is killed (one line of ~500 characters).
+OOM_ADVICE = ("The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+              "detail: Worker unexpectedly exits with a connection error code 2. End of file. There are some "
+              "potential root causes. (1) The process is killed by SIGKILL by OOM killer due to high memory usage. "
+              "(2) ray stop --force is called. (3) The worker is crashed unexpectedly due to SIGSEGV or other "
+              "unexpected errors.")
+
+
+def actor_died():
+    """An ActorDiedError as Ray builds it when a replica's process died (from the raylet's context)."""
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext
+    from ray.exceptions import ActorDiedError
+
+    return ActorDiedError(ActorDiedErrorContext(
+        error_message=OOM_ADVICE, class_name="ServeReplica:avatar-chat:LLM", actor_id=bytes(range(16)),
+        pid=4242, name="SERVE_REPLICA::avatar-chat#LLM#abc", ray_namespace="serve", node_ip_address="10.0.0.7"))
+
+
+def replica_error(kind: str) -> Exception:
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+    if kind == "ActorDiedError":
+        return actor_died()
+    if kind == "ActorUnavailableError":
+        return ActorUnavailableError(OOM_ADVICE, None)
+    if kind == "RayActorError":
+        return RayActorError(actor_id="ab" * 16, error_msg=OOM_ADVICE)
+    # a replica whose own call to another actor found it dead: the error comes back wrapped
+    return RayTaskError("stream", f"Traceback ...\n{OOM_ADVICE}", RayActorError("ab" * 16, OOM_ADVICE),
+                        pid=4242, ip="10.0.0.7")
+
+
+class FailingLLM(LocalPorts):
+    """Scripted stages whose LLM raises ``error`` after its first words."""
+
+    def __init__(self, error, **backends):
+        super().__init__(**backends)
+        self.error = error
+
+    def generate(self, request):
+        async def stream():
+            yield TextDelta("Well, ")
+            raise self.error
+        return stream()
+
+
+def failing_llm(error) -> FailingLLM:
+    _, backends = make_ports()
+    return FailingLLM(error, **backends)
+
+
+@contextlib.contextmanager
+def serve_log(caplog):
+    """The ray.serve logger's records in caplog, whether or not Ray stops them propagating to the root."""
+    logger = logging.getLogger("ray.serve")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="ray.serve")
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+@pytest.mark.parametrize("kind", ["ActorDiedError", "RayActorError", "ActorUnavailableError",
+                                  "RayTaskError(RayActorError)"])
+async def test_a_replica_that_stopped_is_told_briefly_and_logged_in_full(caplog, kind):
+    error = replica_error(kind)
+    with serve_log(caplog):
+        events = await collect(Turn(failing_llm(error), options=TurnOptions(realtime=False)), "hi")
+    failed = events[-1]
+    assert isinstance(failed, TurnFailed) and failed.stage == "llm"
+    assert failed.reason == "the llm stage's replica stopped while answering; try again in a few seconds"
+    assert "OOM" not in failed.reason
+    records = list({id(r): r for r in caplog.records if r.name == "ray.serve"}.values())  # root saw it too?
+    assert len(records) == 1, [r.getMessage() for r in records]
+    record = records[0]
+    assert record.levelno == logging.WARNING and "llm" in record.getMessage()
+    assert "OOM killer" in caplog.text  # the whole error, for the operator
+
+
+async def test_an_error_raised_in_a_replica_gives_its_own_message_short():
+    from ray.exceptions import RayTaskError
+
+    remote = RayTaskError("stream", 'Traceback (most recent call last):\n  File "llm.py", line 9\n'
+                          "ValueError: the prompt is longer than the model's context", ValueError(
+                              "the prompt is longer than the model's context"))
+    events = await collect(Turn(failing_llm(remote), options=TurnOptions(realtime=False)), "hi")
+    assert events[-1].reason == "the prompt is longer than the model's context"
+    events = await collect(Turn(failing_llm(RuntimeError("x" * 1000)), options=TurnOptions(realtime=False)), "hi")
+    assert len(events[-1].reason) <= 200 and events[-1].reason.endswith("...")
