@@ -38,11 +38,14 @@ def parse_client_message(raw: str | bytes, max_text_chars: int) -> ClientMessage
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            raise BadMessage("message is not UTF-8 JSON") from None
+            raise BadMessage("message is not UTF-8 text") from None
     if len(raw) > MAX_MESSAGE_BYTES:
         raise BadMessage(f"message of {len(raw)} characters is over the limit of {MAX_MESSAGE_BYTES}")
     try:
         obj = json.loads(raw)
+    except RecursionError:
+        # json recurses once per level: 64 kB of "[" is far deeper than Python's stack allows
+        raise BadMessage("message is nested too deeply") from None
     except ValueError as err:
         raise BadMessage(f"message is not valid JSON: {err}") from None
     if not isinstance(obj, dict):
@@ -59,10 +62,18 @@ def parse_client_message(raw: str | bytes, max_text_chars: int) -> ClientMessage
         if len(text) > max_text_chars:
             raise BadMessage(f"text of {len(text)} characters is over the limit of {max_text_chars}")
         return TextInput(text.strip())
-    raise BadMessage(f"unknown message type {kind!r}; allowed: text, interrupt")
+    raise BadMessage(f"unknown message type {_show(kind)}; allowed: text, interrupt")
 
 
 def _no_extra(obj: dict, allowed: set[str]) -> None:
     extra = sorted(set(obj) - allowed)
     if extra:
-        raise BadMessage(f"unknown field {extra[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        raise BadMessage(f"unknown field {_show(extra[0])}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _show(value) -> str:
+    """A client's value as a reason quotes it: short strings as they are, nothing else echoed back
+    (the repr of a deeply nested list recurses as json.loads did, and could be 64 kB long)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:40] + "...")
+    return "null" if value is None else f"of JSON type {type(value).__name__}"

@@ -44,6 +44,7 @@ from signaling import motion_channel
 from signaling.barge_in import BargeIn, BargeInDetector
 from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
 from signaling.playout import Playout
+from signaling.sessions import session_tag
 from signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger("ray.serve")
@@ -85,6 +86,8 @@ class Session:
     def __init__(self, session_id: str, pc: RTCPeerConnection, deps: SessionDeps, seed: int = 0,
                  render: str = "server"):
         self.id, self.pc, self.deps = session_id, pc, deps
+        # what logs and task names call it: the id alone ends the session (DELETE), so it stays out
+        self.tag = session_tag(session_id)
         self.render = render  # "server": video track; "browser": face motion on the motion channel
         now = deps.clock()
         self.created_at = self.last_input_at = now
@@ -156,6 +159,15 @@ class Session:
             self.closed = True  # the registry's reaper ends it within its interval
 
     def _on_message(self, raw) -> None:
+        """Never raises: pyee turns a handler's exception into an "error" event, which with no
+        handler is raised again inside aiortc's SCTP receive loop and ends the whole transport."""
+        try:
+            self._handle_message(raw)
+        except Exception:  # noqa: BLE001 - a bug of ours, never the peer's doing: log it, carry on
+            log.exception("session %s: handling a data-channel message", self.tag)
+            self.send({"type": "error", "stage": "input", "reason": "the server failed on this message"})
+
+    def _handle_message(self, raw) -> None:
         if not self._message_budget.allow():
             limit = self.deps.sessions.max_messages_per_s
             self.send({"type": "error", "stage": "input",
@@ -355,7 +367,7 @@ class Session:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=f"session-{self.id}-{name}")
+        task = asyncio.get_running_loop().create_task(coro, name=f"session-{self.tag}-{name}")
         if self.closed:  # a track or event arriving while the session closes starts nothing
             task.cancel()
         self._tasks.add(task)
@@ -365,7 +377,7 @@ class Session:
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("session %s: task %s failed: %r", self.id, task.get_name(), task.exception())
+            log.error("session %s: task %s failed: %r", self.tag, task.get_name(), task.exception())
 
     @property
     def frames_out(self):
@@ -391,7 +403,7 @@ class Session:
             self.closed = True
             self.playout.flush()
             self._close_task = _keep(asyncio.get_running_loop().create_task(
-                self._release(), name=f"session-{self.id}-close"))
+                self._release(), name=f"session-{self.tag}-close"))
         await asyncio.shield(self._close_task)
 
     async def _release(self) -> None:
@@ -405,7 +417,7 @@ class Session:
                 _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_WAIT_S)
                 self._tasks.difference_update(tasks)
                 if stuck:
-                    log.warning("session %s: %d task(s) still running after cancel: %s", self.id,
+                    log.warning("session %s: %d task(s) still running after cancel: %s", self.tag,
                                 len(stuck), [t.get_name() for t in stuck])
             self.audio_out.stop()
             self.video_out.stop()
@@ -422,13 +434,14 @@ class Session:
         try:
             await asyncio.wait_for(asyncio.shield(closing), PC_CLOSE_WAIT_S)
         except TimeoutError:
-            log.warning("session %s: its peer connection is still closing after %g s", self.id, PC_CLOSE_WAIT_S)
+            log.warning("session %s: its peer connection is still closing after %g s", self.tag,
+                        PC_CLOSE_WAIT_S)
         except Exception:  # noqa: BLE001 - logged by the done callback
             pass
 
     def _log_close_failure(self, closing: asyncio.Future) -> None:
         if not closing.cancelled() and closing.exception() is not None:
-            log.warning("session %s: closing its peer connection: %r", self.id, closing.exception())
+            log.warning("session %s: closing its peer connection: %r", self.tag, closing.exception())
 
 
 @dataclass(frozen=True, slots=True)

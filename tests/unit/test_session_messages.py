@@ -35,6 +35,27 @@ def test_bad_messages_say_why(raw, reason):
         parse_client_message(raw, 100)
 
 
+@pytest.mark.parametrize("raw", [
+    "[" * 60_000,                                  # under the 64 kB limit, far over the stack's depth
+    '{"type": "text", "text": "hi", "x": ' + '{"a":' * 9_000 + "1" + "}" * 9_001,
+    b"[" * 60_000,
+])
+def test_json_nested_too_deeply_is_a_bad_message_not_a_recursion_error(raw):
+    with pytest.raises(BadMessage, match="nested too deeply"):
+        parse_client_message(raw, 100)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    ('{"type": ' + "[" * 200 + "]" * 200 + "}", "unknown message type of JSON type list;"),
+    (json.dumps({"type": "t" * 5000}), "unknown message type 'tttt"),
+    (json.dumps({"type": "interrupt", "k" * 5000: 1}), "unknown field 'kkkk"),
+])
+def test_a_reason_never_echoes_a_long_or_nested_value(raw, reason):
+    with pytest.raises(BadMessage, match=reason) as err:
+        parse_client_message(raw, 100)
+    assert len(str(err.value)) < 120
+
+
 def test_merging_utterances_drops_their_shared_audio():
     rate = 16000
     first = AudioChunk(np.ones(rate, np.float32), rate, 1.0)          # 1.0 .. 2.0 s
