@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from avatarchat import registry
+from avatarchat.access import load_policy
 from avatarchat.errors import ConfigError
 from avatarchat.http_options import check_http_options
 
@@ -59,8 +60,25 @@ class IceServer(Options):
 
     urls: list[str] = Field(..., min_length=1, description="e.g. [\"stun:stun.example.org:3478\"] or "
                                                            "[\"turn:turn.example.org:3478?transport=udp\"]")
-    username: str | None = Field(None, description="TURN user name")
-    credential_env: str | None = Field(None, description="environment variable holding the TURN password")
+    username: str | None = Field(None, description="TURN user name (a fixed account; not with secret_env)")
+    credential_env: str | None = Field(None, description="environment variable holding the TURN password of "
+                                                         "a fixed account: every page that asks gets it")
+    secret_env: str | None = Field(None, description="environment variable holding the secret shared with "
+                                   "the TURN server (coturn's static-auth-secret): each page then gets its own "
+                                   "time-limited user name and password (the TURN REST scheme), so a leaked "
+                                   "one expires")
+    credential_ttl_s: int = Field(86400, gt=0, description="how long a time-limited TURN password is valid "
+                                  "(with secret_env); longer than sessions.max_duration_s, since the TURN "
+                                  "server refuses to refresh an expired one mid-session")
+
+    @model_validator(mode="after")
+    def _one_kind_of_credential(self) -> "IceServer":
+        if self.secret_env is not None and (self.username is not None or self.credential_env is not None):
+            raise ValueError("secret_env makes its own user names and passwords: remove username and "
+                             "credential_env, or secret_env")
+        if self.secret_env is not None and not any(u.startswith(("turn:", "turns:")) for u in self.urls):
+            raise ValueError(f"secret_env is for TURN servers; urls has no turn: or turns: URL ({self.urls})")
+        return self
 
 
 class Sessions(Options):
@@ -74,6 +92,10 @@ class Sessions(Options):
     media_timeout_s: float = Field(5.0, gt=0, description="a session whose client sends no audio for this long "
                                                           "(it vanished without hanging up) is ended")
     connect_timeout_s: float = Field(15.0, gt=0, description="a session not connected this long after the offer is ended")
+    max_pending_per_client: int = Field(2, gt=0, description="sessions one client address may hold that have not "
+                                        "connected yet (ICE and DTLS); one more offer from it is refused with 429 "
+                                        "and Retry-After, so offers that never connect cannot fill the server. "
+                                        "Behind a reverse proxy every client has the proxy's address: raise it")
     max_offer_bytes: int = Field(20_000, gt=0, description="largest accepted SDP offer (413 above it)")
     max_messages_per_s: float = Field(5.0, gt=0, description="data-channel messages a session may send per "
                                                            "second on average; more are answered with an error")
@@ -125,6 +147,22 @@ class Priority(Options):
                                 "value (capped at 19) so live media wins the CPU from them; 0 leaves them")
 
 
+class Access(Options):
+    """Who may use the HTTP API (avatarchat/access.py): bearer tokens, read from environment
+    variables named here, never written in the config. Unset: that part of the API is open, which is
+    refused when ``http_options.host`` is beyond loopback unless allowed below."""
+
+    user_token_env: str | None = Field(None, description="environment variable holding the token that "
+                                       "starting and ending sessions and turns needs (POST/DELETE /v1/sessions, "
+                                       "POST /v1/turns, GET /v1/ice, /v1/avatar, /v1/sessions, /v1/info); "
+                                       "unset: open")
+    operator_token_env: str | None = Field(None, description="environment variable holding the token the "
+                                           "operator endpoints need (/v1/diagnostics, /v1/stages, /docs, "
+                                           "/openapi.json, any other route); it opens the user routes too; unset: open")
+    allow_open_beyond_loopback: bool = Field(False, description="start bound beyond loopback with a part of "
+                                             "the API open (only behind a proxy that authenticates)")
+
+
 class ServiceConfig(Options):
     stages: dict[str, StageConfig]
     limits: Limits = Limits()
@@ -132,6 +170,7 @@ class ServiceConfig(Options):
     sessions: Sessions = Sessions()
     interruption: Interruption = Interruption()
     priority: Priority = Priority()
+    access: Access = Access()
     record_dir: Path | None = Field(
         None, description="write each user's utterance and transcript here; off (None) by default")
 
@@ -191,7 +230,14 @@ def parse_config(data: Any, source: str = "config") -> ServiceConfig:
         raise ConfigError(source, f"stages.{unknown[0]}",
                           f"unknown stage; allowed: {', '.join(registry.STAGES)}")
     stages = {s: parse_stage(source, s, stages_raw.get(s)) for s in registry.STAGES}
-    return _validate(source, "", ServiceConfig, {**data, "stages": stages})
+    config = _validate(source, "", ServiceConfig, {**data, "stages": stages})
+    for i, server in enumerate(config.sessions.ice_servers):
+        if server.secret_env is not None and server.credential_ttl_s < config.sessions.max_duration_s:
+            raise ConfigError(source, f"sessions.ice_servers.{i}.credential_ttl_s",
+                              f"{server.credential_ttl_s} s is shorter than sessions.max_duration_s "
+                              f"({config.sessions.max_duration_s:g} s): a session would lose its TURN relay "
+                              f"when its password expires")
+    return config
 
 
 def app_args_from_serve_config(path: str | Path, app_name: str | None = None) -> dict:
@@ -220,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_serve_config(argv[0], argv[1] if len(argv) > 1 else None)
-        _, warnings = check_http_options(argv[0], yaml.safe_load(Path(argv[0]).read_text()))
+        doc = yaml.safe_load(Path(argv[0]).read_text())
+        _, warnings = check_http_options(argv[0], doc)
+        # the Gateway checks the same at start-up; here it fails before Ray starts
+        load_policy(cfg.access, (doc.get("http_options") or {}).get("host", "127.0.0.1"), argv[0])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 
 from avatarchat import wire
+from avatarchat.access import AccessPolicy, load_policy, scope_of
 from avatarchat.backends.base import create_backend
 from avatarchat.config import ServiceConfig
 from avatarchat.errors import BadInput
@@ -49,8 +50,32 @@ from signaling.service import SessionService, ice_servers, session_deps
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="avatar-chat", version="0.1.0")
 
+
+@api.middleware("http")
+async def check_access(request: Request, call_next):
+    """Every route, FastAPI's own /docs and /openapi.json included, passes the access policy the
+    Gateway loaded (avatarchat/access.py); a route nobody placed there needs the operator token."""
+    policy: AccessPolicy = getattr(request.app.state, "access", None) or AccessPolicy()
+    scope = scope_of(request.method, request.url.path)
+    if not policy.allows(scope, request.headers.get("authorization")):
+        return json_error(401, f"this needs the {scope} token: send 'Authorization: Bearer <token>'",
+                          {"WWW-Authenticate": 'Bearer realm="avatar-chat"'})
+    return await call_next(request)
+
 # Audio kept before the first and after the last detected speech, so words are not clipped.
 _SPEECH_MARGIN_S = 0.25
+
+
+def serve_http_host() -> str:
+    """The address Serve's HTTP proxies bind (``http_options.host``), as the controller has it.
+    Local testing mode starts no Ray and serves no HTTP: loopback."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    if not ray.is_initialized():
+        return "127.0.0.1"
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return ray.get(controller.get_http_config.remote(), timeout=60).host
 
 
 @serve.deployment(
@@ -66,6 +91,9 @@ class Gateway:
     def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):
         ask_for_priority(config.priority.media_niceness, "Gateway (live media)")
         self.config = config
+        # before anything loads: a token variable that is unset, or an open API beyond loopback,
+        # fails the start here, naming the key
+        api.state.access = load_policy(config.access, serve_http_host(), "Serve config applications[].args")
         self.handles = {"asr": asr, "llm": llm, "tts": tts, "avatar": avatar}
         self.ports = HandlePorts(asr, llm, tts, avatar)
         self.vad = create_backend(config.stage("vad"))

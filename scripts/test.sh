@@ -9,22 +9,27 @@ bash scripts/bootstrap.sh
 # tests/integration/test_make_pack.py. A failure here stops the run: that test must not be skipped.
 AVATAR_CHAT_PACK_PYTHON=$(bash scripts/make_pack_venv.sh)
 export AVATAR_CHAT_PACK_PYTHON
-# Chromium for the browser test (tests/cluster/test_browser.py): Debian's package, needed by the
-# tests only (the service never needs it). Playwright never downloads a browser.
-if [ "${AVATAR_CHAT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the tests need (the service never does): Chromium for the browser test
+# (tests/cluster/test_browser.py; Playwright never downloads a browser) and coturn, a real TURN
+# server for the time-limited TURN credentials (tests/integration/test_turn_credentials.py).
+need=()
+if [ "${AVATAR_CHAT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then need+=(chromium); fi
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[test] installing chromium with apt (for the browser test)" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-      || echo "[test] apt-get install chromium failed: the browser test will fail" >&2
+    echo "[test] installing ${need[*]} with apt (for the tests)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } \
+      || echo "[test] apt-get install ${need[*]} failed: the tests that need them will fail" >&2
   else
-    echo "[test] chromium is missing and this is not root with apt: install it (apt-get install" \
-         "chromium) or set AVATAR_CHAT_SKIP_BROWSER=1; the browser test fails without it" >&2
+    echo "[test] missing ${need[*]} and this is not root with apt: install them (apt-get install" \
+         "${need[*]}); the tests that need them fail without (AVATAR_CHAT_SKIP_BROWSER=1 skips the" \
+         "browser test)" >&2
   fi
 fi
 
 VENV=${AVATAR_CHAT_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH" PYTHONUNBUFFERED=1
-cmd=(python -m pytest -p no:cacheprovider -ra "$@")
+cmd=(python -m pytest -p no:cacheprovider -ra --durations=25 "$@")
 if [ "${AVATAR_CHAT_NETNS:-1}" = 1 ] && unshare -n true 2>/dev/null; then
   # -f -p --mount-proc: when pytest exits, every process inside (Ray included) ends with it.
   exec unshare -fpn --mount-proc sh -c 'ip link set lo up && exec "$@"' sh "${cmd[@]}"

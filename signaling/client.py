@@ -36,6 +36,10 @@ from avatarchat.messages import FaceMotion
 from signaling import motion_channel
 
 RATE = 48000
+# A 429 (this address has sessions.max_pending_per_client sessions still connecting: several
+# clients connecting at once from one host) is retried after its Retry-After, this many times.
+PENDING_RETRIES = 3
+MAX_RETRY_WAIT_S = 15.0
 MAX_MOTIONS = 45_000  # faces kept in render=browser: 30 min at 25 fps
 FRAME_SAMPLES = 960  # 20 ms
 
@@ -136,8 +140,11 @@ class AvatarClient:
     def __init__(self, server: str, *, host_addresses: list[str] | None = None,
                  mouth_box: tuple[int, int, int, int] | None = None, keep_frames: int = 3000,
                  timeout_s: float = 30.0, http_transport: httpx.AsyncBaseTransport | None = None,
-                 verify: bool | str | os.PathLike = True, render: str | None = None):
+                 verify: bool | str | os.PathLike = True, render: str | None = None,
+                 token: str | None = None):
         self.server = server.rstrip("/")
+        # sent as "Authorization: Bearer" on every request, as WHIP clients do (access.user_token_env)
+        self._headers = {"authorization": f"Bearer {token}"} if token else {}
         # True (the system's CAs), False, or a CA/certificate file to trust (a self-signed HTTPS server)
         self.verify = verify if isinstance(verify, bool) else ssl.create_default_context(cafile=str(verify))
         self.host_addresses, self.mouth_box = host_addresses, mouth_box
@@ -157,7 +164,8 @@ class AvatarClient:
         self._tasks: list[asyncio.Task] = []
 
     def _http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport, verify=self.verify)
+        return httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport, verify=self.verify,
+                                 headers=self._headers)
 
     # -- connecting ------------------------------------------------------------------------------
     async def connect(self) -> "AvatarClient":
@@ -180,9 +188,13 @@ class AvatarClient:
         pc.on("track", self._on_track)
         await pc.setLocalDescription(await pc.createOffer())
         query = f"?render={self.requested_render}" if self.requested_render else ""
-        async with self._http() as http:
-            r = await http.post(f"{self.server}/v1/sessions{query}", content=pc.localDescription.sdp,
-                                headers={"content-type": "application/sdp"})
+        for attempt in range(PENDING_RETRIES + 1):
+            async with self._http() as http:
+                r = await http.post(f"{self.server}/v1/sessions{query}", content=pc.localDescription.sdp,
+                                    headers={"content-type": "application/sdp"})
+            if r.status_code != 429 or attempt == PENDING_RETRIES:
+                break
+            await asyncio.sleep(_retry_after_s(r))
         if r.status_code != 201:
             await pc.close()
             raise SessionRefused(r.status_code, _reason(r), r.headers.get("retry-after"))
@@ -339,6 +351,13 @@ class SessionRefused(Exception):
     def __init__(self, status: int, reason: str, retry_after: str | None = None):
         super().__init__(f"{status}: {reason}")
         self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    try:
+        return min(MAX_RETRY_WAIT_S, max(0.0, float(response.headers.get("retry-after", "1"))))
+    except ValueError:  # an HTTP date: not sent by this server
+        return 1.0
 
 
 def _reason(response: httpx.Response) -> str:

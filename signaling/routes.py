@@ -9,7 +9,9 @@
     GET    /v1/avatar          -> the avatar pack for drawing the face in the browser (JSON)
 
 Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.max_offer_bytes``,
-415 another content type, 503 + Retry-After when full, 404 unknown session.
+415 another content type, 429 + Retry-After when the client's address already holds
+``sessions.max_pending_per_client`` sessions that have not connected, 503 + Retry-After when full,
+404 unknown session.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi import Request, Response
 
 from avatarchat.errors import BadInput
 from avatarchat.http_io import json_error, media_type, read_body
-from signaling.service import BadOffer, Full, SessionService
+from signaling.service import BadOffer, Full, SessionService, TooManyPending
 
 SDP_TYPE = "application/sdp"
 RENDER_HEADER = "Avatar-Render"  # the session's render mode: server (video) or browser (motion)
@@ -37,7 +39,10 @@ async def create_session(service: SessionService, request: Request) -> Response:
     except UnicodeDecodeError:
         return json_error(400, "the SDP offer is not UTF-8 text")
     try:
-        session_id, answer, render = await service.create(offer, request.query_params.get("render"))
+        client = request.client.host if request.client else None
+        session_id, answer, render = await service.create(offer, request.query_params.get("render"), client)
+    except TooManyPending as err:
+        return json_error(429, str(err), {"Retry-After": str(err.retry_after_s)})
     except Full as err:
         return json_error(503, str(err), {"Retry-After": str(service.options.retry_after_s)})
     except BadOffer as err:

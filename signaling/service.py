@@ -17,16 +17,16 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from avatarchat.config import ServiceConfig, Sessions as SessionOptions
+from avatarchat.errors import ConfigError
 from avatarchat.metrics import session_metrics
 from avatarchat.ports import StagePorts
+from signaling import sctp_guard
+from signaling.offers import UNANSWERABLE, BadOffer, check_offer
 from signaling.session import Session, SessionDeps
-from signaling.sessions import Full, SessionRegistry, new_session_id
+from signaling.sessions import Full, SessionRegistry, TooManyPending, new_session_id
+from signaling.turn_credentials import time_limited_credential
 
 log = logging.getLogger("ray.serve")
-
-
-class BadOffer(ValueError):
-    """The offer cannot be answered; ``str()`` is the reason."""
 
 
 def use_host_addresses(addresses: list[str]) -> None:
@@ -36,16 +36,25 @@ def use_host_addresses(addresses: list[str]) -> None:
         aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: list(fixed)
 
 
-def ice_servers(options: SessionOptions) -> list[dict]:
-    """``sessions.ice_servers`` with each TURN password read from its environment variable, in
-    the shape of the browser's RTCIceServer (``urls``, ``username``, ``credential``). Only resolved
-    values leave this function: never the names of environment variables."""
+def ice_servers(options: SessionOptions, now: float | None = None) -> list[dict]:
+    """``sessions.ice_servers`` in the shape of the browser's RTCIceServer (``urls``, ``username``,
+    ``credential``): a fixed TURN password read from its environment variable, or, with
+    ``secret_env``, a fresh time-limited user name and password at each call
+    (signaling/turn_credentials.py). Only resolved values leave this function: never the names of
+    environment variables, never the shared secret."""
     servers = []
     for s in options.ice_servers:
+        server: dict = {"urls": list(s.urls)}
+        if s.secret_env is not None:
+            secret = os.environ.get(s.secret_env, "")
+            if secret:  # checked at start-up (check_ice_secrets); unset since: no credential
+                made = time_limited_credential(secret, s.credential_ttl_s, now)
+                server.update(username=made.username, credential=made.password)
+            servers.append(server)
+            continue
         credential = os.environ.get(s.credential_env) if s.credential_env else None
         if s.credential_env and credential is None:
             log.warning("ICE server %s: environment variable %s is not set", s.urls, s.credential_env)
-        server: dict = {"urls": list(s.urls)}
         if s.username is not None:
             server["username"] = s.username
         if credential is not None:
@@ -54,19 +63,19 @@ def ice_servers(options: SessionOptions) -> list[dict]:
     return servers
 
 
+def check_ice_secrets(options: SessionOptions, source: str = "config") -> None:
+    """Fail at start-up, naming the key, when a TURN shared secret's variable is not set."""
+    for i, s in enumerate(options.ice_servers):
+        if s.secret_env is not None and not os.environ.get(s.secret_env, ""):
+            raise ConfigError(source, f"sessions.ice_servers.{i}.secret_env",
+                              f"environment variable {s.secret_env} (the secret shared with the TURN "
+                              f"server) is not set or empty")
+
+
 def ice_configuration(options: SessionOptions) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
         for s in ice_servers(options)])
-
-
-def check_offer(sdp: str) -> None:
-    """Cheap checks before aiortc sees the offer: an SDP offer with an audio section."""
-    lines = [line.strip() for line in sdp.splitlines() if line.strip()]
-    if not lines or lines[0] != "v=0":
-        raise BadOffer("not an SDP offer: it must start with 'v=0'")
-    if not any(line.startswith("m=audio") for line in lines):
-        raise BadOffer("the offer has no audio section: send one microphone track")
 
 
 def session_deps(config: ServiceConfig, ports: StagePorts, vad, turn=None) -> SessionDeps:
@@ -84,12 +93,14 @@ def session_deps(config: ServiceConfig, ports: StagePorts, vad, turn=None) -> Se
 
 class SessionService:
     def __init__(self, options: SessionOptions, deps: SessionDeps):
+        check_ice_secrets(options)
         self.options, self.deps = options, deps
         self.registry = SessionRegistry(options, deps.clock, on_count=deps.metrics.active_sessions)
         self._seed = 0
         # every peer connection ever made, held weakly: what is left in it is what is still alive
         self._peer_connections: weakref.WeakSet = weakref.WeakSet()
         use_host_addresses(options.host_addresses)
+        sctp_guard.install()  # aiortc 1.16 ends a transport on a string message that is not UTF-8
 
     def __len__(self) -> int:
         return len(self.registry)
@@ -105,12 +116,14 @@ class SessionService:
                            f"{', '.join(modes)}")
         return requested
 
-    async def create(self, offer_sdp: str, render: str | None = None) -> tuple[str, str, str]:
-        """Answer an offer: (session id, answer SDP with every candidate, render mode). Raises
-        Full or BadOffer."""
+    async def create(self, offer_sdp: str, render: str | None = None,
+                     client: str | None = None) -> tuple[str, str, str]:
+        """Answer an offer from ``client`` (its address; None: not counted against
+        ``max_pending_per_client``): (session id, answer SDP with every candidate, render mode).
+        Raises BadOffer, TooManyPending or Full."""
         render = self.render_mode(render)
         check_offer(offer_sdp)
-        self.registry.reserve()  # raises Full
+        self.registry.reserve(client)  # raises TooManyPending or Full
         self.registry.start_reaper()
         pc = RTCPeerConnection(ice_configuration(self.options))
         self._peer_connections.add(pc)
@@ -120,21 +133,24 @@ class SessionService:
         try:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            except Exception as err:  # noqa: BLE001 - aiortc raises several types for bad SDP
-                raise BadOffer(f"unusable SDP offer: {err}") from None
-            # check_offer made sure of an m=audio section, so there is an audio transceiver
-            kinds = {t.kind for t in pc.getTransceivers()}
-            pc.addTrack(session.audio_out)
-            if "video" in kinds and render == "server":
-                pc.addTrack(session.video_out)
-            # aiortc gathers every candidate here: the answer is complete (no trickle ICE).
-            await pc.setLocalDescription(await pc.createAnswer())
+                # check_offer made sure of an m=audio section, so there is an audio transceiver
+                kinds = {t.kind for t in pc.getTransceivers()}
+                pc.addTrack(session.audio_out)
+                if "video" in kinds and render == "server":
+                    pc.addTrack(session.video_out)
+                # aiortc gathers every candidate here: the answer is complete (no trickle ICE).
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as err:  # noqa: BLE001 - what check_offer did not foresee
+                # aiortc's own words ("coroutine raised StopIteration", an AttributeError) mean
+                # nothing to the sender: they go to the log, a sentence naming what to check to it.
+                log.warning("offer refused: aiortc could not answer it: %r", err, exc_info=err)
+                raise BadOffer(UNANSWERABLE) from None
         except BaseException:
-            self.registry.release()
+            self.registry.release(client)
             await session.close("offer refused")
             raise
-        self.registry.add(session)
-        log.info("session %s created (%d/%d)", session_id, len(self.registry), self.options.max_sessions)
+        self.registry.add(session, client)
+        log.info("session %s created (%d/%d)", session.tag, len(self.registry), self.options.max_sessions)
         return session_id, pc.localDescription.sdp, render
 
     async def end(self, session_id: str, reason: str = "hung up") -> bool:
@@ -167,5 +183,5 @@ class SessionService:
         await self.registry.close_all()
 
 
-__all__ = ["BadOffer", "Full", "SessionService", "ice_configuration", "ice_servers", "session_deps",
+__all__ = ["BadOffer", "Full", "SessionService", "TooManyPending", "ice_configuration", "ice_servers", "session_deps",
            "use_host_addresses"]

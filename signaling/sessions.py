@@ -9,8 +9,11 @@ without any WebRTC.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,6 +25,15 @@ log = logging.getLogger("ray.serve")
 
 class Full(Exception):
     """No room for another session."""
+
+
+class TooManyPending(Exception):
+    """One client address already holds ``sessions.max_pending_per_client`` sessions that have not
+    connected; ``retry_after_s`` is when one of them will have connected or been ended."""
+
+    def __init__(self, reason: str, retry_after_s: int):
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
 
 
 class Reapable(Protocol):
@@ -39,12 +51,22 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+def session_tag(session_id: str) -> str:
+    """What logs and task names call a session instead of its id. The id is all DELETE needs and
+    Ray's log files are readable by every local user; a hash of 96 random bits cannot be turned
+    back into them, yet the tag still follows one session through the logs."""
+    return hashlib.blake2b(session_id.encode(), digest_size=5).hexdigest()
+
+
 class SessionRegistry:
     def __init__(self, options: SessionOptions, clock: Clock = monotonic,
                  on_count: Callable[[int], None] | None = None):
         self.options, self.clock, self._on_count = options, clock, on_count
         self._sessions: dict[str, Reapable] = {}
         self._reserved = 0
+        # Client addresses, for max_pending_per_client: of each session, and of offers being answered.
+        self._client_of: dict[str, str] = {}
+        self._reserved_by: Counter[str] = Counter()
         self._reaper: asyncio.Task | None = None
 
     def __len__(self) -> int:
@@ -60,20 +82,52 @@ class SessionRegistry:
         return list(self._sessions)
 
     # -- admission: reserve a place before the (slow) offer/answer, then add or release it ------
-    def reserve(self) -> None:
+    def reserve(self, client: str | None = None) -> None:
+        """Hold a place for one more session, from ``client`` (an address; None: not counted per
+        client). Raises TooManyPending or Full."""
+        if client is not None:
+            self._check_pending(client)
         if len(self._sessions) + self._reserved >= self.options.max_sessions:
             raise Full(f"the server holds its maximum of {self.options.max_sessions} sessions; "
                        f"try again later")
         self._reserved += 1
+        if client is not None:
+            self._reserved_by[client] += 1
 
-    def release(self) -> None:
+    def release(self, client: str | None = None) -> None:
         self._reserved = max(0, self._reserved - 1)
+        if client is not None and self._reserved_by[client] > 0:
+            self._reserved_by[client] -= 1
+            if not self._reserved_by[client]:
+                del self._reserved_by[client]
 
-    def add(self, session: Reapable) -> None:
-        """Add a session whose place was reserved."""
-        self.release()
+    def add(self, session: Reapable, client: str | None = None) -> None:
+        """Add a session whose place was reserved (by ``client``)."""
+        self.release(client)
         self._sessions[session.id] = session
+        if client is not None:
+            self._client_of[session.id] = client
         self._counted()
+
+    def pending(self, client: str) -> list[Reapable]:
+        """``client``'s sessions that have not connected yet (and are not closing)."""
+        return [s for sid, c in self._client_of.items() if c == client
+                and (s := self._sessions.get(sid)) is not None and s.connected_at is None and not s.closed]
+
+    def _check_pending(self, client: str) -> None:
+        # A session that never connects holds its place until connect_timeout_s: bounded per
+        # client, so a few offers re-posted in a loop cannot keep the server full for everyone.
+        waiting = self.pending(client)
+        limit = self.options.max_pending_per_client
+        if len(waiting) + self._reserved_by[client] < limit:
+            return
+        # The oldest is reaped by connect_timeout_s at the latest (connected, it frees sooner).
+        now = self.clock()
+        ends = [self.options.connect_timeout_s - (now - s.created_at) for s in waiting]
+        retry = max(1, min(self.options.retry_after_s, math.ceil(min(ends, default=1.0))))
+        raise TooManyPending(f"this address already has {limit} session(s) that have not connected yet "
+                             f"(sessions.max_pending_per_client={limit}); connect or hang up one of them, "
+                             f"or try again in {retry} s", retry)
 
     def _counted(self) -> None:
         if self._on_count is not None:
@@ -81,6 +135,7 @@ class SessionRegistry:
 
     def discard(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+        self._client_of.pop(session_id, None)
 
     async def end(self, session_id: str, reason: str) -> bool:
         session = self._sessions.get(session_id)
@@ -91,6 +146,7 @@ class SessionRegistry:
             await session.close(reason)
         finally:
             self._sessions.pop(session_id, None)
+            self._client_of.pop(session_id, None)
             self._counted()
         return True
 
@@ -116,7 +172,7 @@ class SessionRegistry:
     async def reap(self) -> list[str]:
         ended = []
         for sid, reason in self.expired():
-            log.info("session %s ended: %s", sid, reason)
+            log.info("session %s ended: %s", session_tag(sid), reason)
             await self.end(sid, reason)
             ended.append(sid)
         return ended

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def render_reply(result, pack_name: str, out: Path) -> dict:
 
 
 def cmd_turn(args) -> int:
-    client = TurnClient(args.server)
+    client = TurnClient(args.server, token=token_from(args))
     if args.wav and not Path(args.wav).is_file():
         print(f"error: no such file: {args.wav}", file=sys.stderr)
         return 2
@@ -95,17 +96,26 @@ def cmd_speak(args) -> int:
 
 def cmd_info(args) -> int:
     try:
-        print(json.dumps(TurnClient(args.server).info(), indent=2))
+        print(json.dumps(TurnClient(args.server, token=token_from(args)).info(), indent=2))
     except httpx.HTTPError as err:
         print(f"error: cannot reach {args.server}: {err}", file=sys.stderr)
         return 1
     return 0
 
 
+def token_from(args) -> str | None:
+    """The service's token, from the environment variable ``--token-env`` names (never a flag:
+    command lines are visible to every local user)."""
+    return os.environ.get(args.token_env) or None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avatar-chat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="http://127.0.0.1:8000", help="service address")
+    parser.add_argument("--token-env", default="AVATAR_CHAT_TOKEN", metavar="NAME",
+                        help="environment variable holding the service's access token, if it needs one "
+                             "(default AVATAR_CHAT_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True)
     turn = sub.add_parser("turn", help="send one utterance or text, get the avatar's reply")
     src = turn.add_mutually_exclusive_group(required=True)

@@ -55,12 +55,15 @@ class TurnResult:
 
 
 class TurnClient:
-    def __init__(self, server: str = "http://127.0.0.1:8000", timeout_s: float = 300.0):
+    def __init__(self, server: str = "http://127.0.0.1:8000", timeout_s: float = 300.0,
+                 token: str | None = None):
         self.server = server.rstrip("/")
         self.timeout = httpx.Timeout(timeout_s, connect=10.0)
+        # the service's user token (access.user_token_env), as "Authorization: Bearer"
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def info(self) -> dict:
-        r = httpx.get(f"{self.server}/v1/info", timeout=self.timeout)
+        r = httpx.get(f"{self.server}/v1/info", timeout=self.timeout, headers=self.headers)
         r.raise_for_status()
         return r.json()
 
@@ -75,7 +78,8 @@ class TurnClient:
             body["text"] = text
         result = TurnResult()
         t0 = time.perf_counter()
-        with httpx.stream("POST", f"{self.server}/v1/turns", json=body, timeout=self.timeout) as r:
+        with httpx.stream("POST", f"{self.server}/v1/turns", json=body, timeout=self.timeout,
+                          headers=self.headers) as r:
             if r.status_code != 200:
                 r.read()
                 raise TurnError(f"HTTP {r.status_code}: {r.text}")

@@ -38,7 +38,7 @@
     state: $("state"), notice: $("notice"), video: $("avatar"), face: $("face"), placeholder: $("placeholder"),
     start: $("start"), stop: $("stop"), mute: $("mute"), interrupt: $("interrupt"),
     transcript: $("transcript"), form: $("text-form"), text: $("text"), send: $("send"),
-    timings: $("timings"),
+    timings: $("timings"), tokenBox: $("token-box"), token: $("token"),
   };
 
   let session = null;  // the live session: {pc, channel, mic, location, ended, avatarLine, ...}
@@ -207,6 +207,17 @@
     }
   }
 
+  // -- the access token (docs/deployment.md, "Access"): asked for once the server answers 401, kept
+  // for this tab only (sessionStorage), sent as a bearer token on every request
+  const TOKEN_KEY = "avatar-chat-token";
+
+  function withToken(options = {}) {
+    const typed = ui.token.value.trim();
+    if (typed) sessionStorage.setItem(TOKEN_KEY, typed);
+    const token = typed || sessionStorage.getItem(TOKEN_KEY);
+    return token ? {...options, headers: {...(options.headers || {}), Authorization: `Bearer ${token}`}} : options;
+  }
+
   class Refused extends Error {
     constructor(reason, text) { super(text); this.reason = reason; }
   }
@@ -214,6 +225,17 @@
   async function refusal(res) {
     let why = "";
     try { why = (await res.json()).error || ""; } catch (_) { /* not JSON */ }
+    if (res.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      ui.tokenBox.hidden = false;
+      return new Refused("needs-token", "This service needs an access token: enter it beside the buttons "
+        + "and press Start again." + (why ? ` (${why})` : ""));
+    }
+    if (res.status === 429) {
+      const retry = res.headers.get("Retry-After");
+      return new Refused("too-many-pending", "Too many sessions from your address are still connecting. "
+        + (retry ? `Try again in ${retry} s.` : "Try again in a moment.") + (why ? ` (${why})` : ""));
+    }
     if (res.status === 503) {
       const retry = res.headers.get("Retry-After");
       return new Refused("server-full", "The server is full. "
@@ -223,7 +245,8 @@
   }
 
   async function iceServers() {
-    const res = await fetch("/v1/ice", {cache: "no-store"});
+    const res = await fetch("/v1/ice", withToken({cache: "no-store"}));
+    if (res.status === 401) throw await refusal(res);
     if (!res.ok) throw new Error(`GET /v1/ice answered HTTP ${res.status}`);
     return (await res.json()).iceServers || [];
   }
@@ -287,8 +310,8 @@
       if (s.ended) return;
       // the server's default needs no parameter; a mode asked for in the page's address does
       const query = askedRender() ? `?render=${encodeURIComponent(render)}` : "";
-      const res = await fetch(`/v1/sessions${query}`, {
-        method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp});
+      const res = await fetch(`/v1/sessions${query}`, withToken({
+        method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp}));
       if (res.status !== 201) throw await refusal(res);
       if (s.motion) {
         const renderer = await s.facePromise;
@@ -325,7 +348,7 @@
     const asked = askedRender();
     if (asked) return asked;
     try {
-      const res = await fetch("/v1/sessions", {cache: "no-store"});
+      const res = await fetch("/v1/sessions", withToken({cache: "no-store"}));
       const modes = (await res.json()).render;
       if (Array.isArray(modes) && modes.length) return modes[0];
     } catch (_) { /* an older server: video */ }
@@ -334,7 +357,7 @@
 
   async function loadFace() {
     if (!faceView.packPromise) {
-      faceView.packPromise = fetch("/v1/avatar").then((res) => {
+      faceView.packPromise = fetch("/v1/avatar", withToken()).then((res) => {
         if (!res.ok) throw new Error(`GET /v1/avatar answered HTTP ${res.status}`);
         return res.json();
       });
@@ -411,7 +434,7 @@
   function hangUp(s) {
     if (s.location) {
       // keepalive: the request outlives the page (sendBeacon can only POST).
-      fetch(s.location, {method: "DELETE", keepalive: true}).catch(() => {});
+      fetch(s.location, withToken({method: "DELETE", keepalive: true})).catch(() => {});
       s.location = null;
     }
   }

@@ -1,5 +1,6 @@
 """HTTPS from Serve's own proxy (http_options.ssl_certfile/ssl_keyfile) with a certificate made by
-`avatar-chat cert`: health check and one live WebRTC session over the HTTPS signaling (own small
+`avatar-chat cert`, and bearer tokens on the API (access.*), as a deployment beyond loopback runs:
+health check, the token checks, and one live WebRTC session over the HTTPS signaling (own small
 cluster, scripted stages so start-up is quick)."""
 
 import httpx
@@ -8,9 +9,12 @@ import yaml
 
 from avatarchat.client.cert import write_pair
 from avatarchat.local_cluster import ROOT, ServeCluster
-from signaling.client import AvatarClient
+from signaling.client import AvatarClient, SessionRefused
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
+
+TOKENS = {"AC_TEST_USER_TOKEN": "user-7c1d0e", "AC_TEST_OPERATOR_TOKEN": "operator-93b2aa"}
+USER, OPERATOR = TOKENS["AC_TEST_USER_TOKEN"], TOKENS["AC_TEST_OPERATOR_TOKEN"]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +25,9 @@ def https_service(tmp_path_factory):
     args["stages"] = {"asr": {"backend": "scripted"}, "llm": {"backend": "scripted"},
                       "tts": {"backend": "scripted"}, "avatar": {"backend": "scripted"}}
     args["sessions"] = {**args.get("sessions", {}), "host_addresses": ["127.0.0.1"]}
+    args["access"] = {"user_token_env": "AC_TEST_USER_TOKEN", "operator_token_env": "AC_TEST_OPERATOR_TOKEN"}
     doc["http_options"].update({"ssl_certfile": str(cert), "ssl_keyfile": str(key)})
-    cluster = ServeCluster(doc)
+    cluster = ServeCluster(doc, extra_env=TOKENS)
     try:
         cluster.start()
     except Exception:
@@ -42,9 +47,35 @@ def test_serves_https_with_the_given_certificate_and_not_plain_http(https_servic
         httpx.get(f"http://127.0.0.1:{service.http_port}/healthz", timeout=10)
 
 
+def test_the_api_needs_its_tokens(https_service):
+    service, _ = https_service
+
+    def get(method, path, token=None, headers=None, **kw):
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        return httpx.request(method, f"{service.url}{path}", headers=headers, verify=service.verify,
+                             timeout=30, **kw).status_code
+
+    offer = {"content": "v=0\r\n", "headers": {"content-type": "application/sdp"}}
+    assert get("GET", "/healthz") == 200 and get("GET", "/") == 200  # the page loads to ask for one
+    assert get("POST", "/v1/sessions", **offer) == 401
+    assert get("POST", "/v1/sessions", "wrong", **offer) == 401
+    assert get("POST", "/v1/sessions", USER, **offer) == 400  # let through: the offer is what is wrong
+    assert get("POST", "/v1/turns", json={"text": "hi"}) == 401
+    assert get("GET", "/v1/ice") == 401 and get("GET", "/v1/ice", USER) == 200
+    assert get("GET", "/v1/info") == 401 and get("GET", "/v1/info", USER) == 200
+    for path in ("/v1/diagnostics", "/v1/stages", "/docs", "/openapi.json"):
+        assert get("GET", path) == 401 and get("GET", path, USER) == 401, path
+        assert get("GET", path, OPERATOR) == 200, path
+    assert get("GET", "/v1/sessions", OPERATOR) == 200  # the operator's token opens user routes too
+
+
 async def test_a_live_session_over_https_signaling(https_service):
     service, cert = https_service
-    client = AvatarClient(service.url, host_addresses=["127.0.0.1"], verify=cert)
+    refused = AvatarClient(service.url, host_addresses=["127.0.0.1"], verify=cert)
+    with pytest.raises(SessionRefused) as err:
+        await refused.connect()
+    assert err.value.status == 401 and "Authorization: Bearer" in str(err.value)
+    client = AvatarClient(service.url, host_addresses=["127.0.0.1"], verify=cert, token=USER)
     await client.connect()
     try:
         client.send_text("What is your name?")
@@ -55,3 +86,37 @@ async def test_a_live_session_over_https_signaling(https_service):
     finally:
         status = await client.close()
     assert status == 204
+
+
+async def test_offers_that_never_connect_are_bounded_per_client_address(https_service):
+    """Through Serve's proxy the Gateway sees the client's address: a third offer from it that is
+    still connecting is refused (429) while the server still has room for others."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from signaling.service import use_host_addresses
+
+    use_host_addresses(["127.0.0.1"])
+    service, _ = https_service
+    headers = {"content-type": "application/sdp", "authorization": f"Bearer {USER}"}
+    peers, locations = [], []
+    try:
+        async with httpx.AsyncClient(verify=service.verify, timeout=30) as http:
+            codes = []
+            for _ in range(3):
+                pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: nothing leaves
+                peers.append(pc)
+                pc.addTransceiver("audio")
+                pc.createDataChannel("events")
+                await pc.setLocalDescription(await pc.createOffer())
+                r = await http.post(f"{service.url}/v1/sessions", content=pc.localDescription.sdp,
+                                    headers=headers)
+                codes.append(r.status_code)
+                if r.status_code == 201:
+                    locations.append(r.headers["location"])
+            assert codes == [201, 201, 429], codes
+            assert int(r.headers["retry-after"]) >= 1 and "connect" in r.json()["error"]
+            for location in locations:
+                assert (await http.delete(f"{service.url}{location}", headers=headers)).status_code == 204
+    finally:
+        for pc in peers:
+            await pc.close()

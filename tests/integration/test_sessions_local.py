@@ -2,10 +2,14 @@
 ASR/LLM/TTS, the real portrait avatar, and AvatarClient over loopback."""
 
 import asyncio
+import logging
+import struct
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
+from aiortc import rtcsctptransport
 from fastapi import FastAPI, Request
 
 from avatarchat.avatar.pack import AvatarPack
@@ -15,6 +19,7 @@ from avatarchat.ports import LocalPorts
 from signaling import routes
 from signaling.client import AvatarClient, SessionRefused
 from signaling.service import SessionService, session_deps
+from signaling.sessions import session_tag
 from tests.helpers import mouth_change, sound_to_mouth_lag
 
 pytestmark = pytest.mark.timeout(120)
@@ -97,6 +102,118 @@ async def test_interrupt_and_bad_messages_keep_the_session():
     # only finished turns join the history; the interrupted one does not
     assert [(m.role, m.content[:6]) for m in session.history] == [("user", "Again?"), ("assistant", "Hello ")]
     await client.close()
+
+
+def send_raw(channel, pp_id: int, data: bytes, stream=None) -> None:
+    """Send ``data`` as one SCTP message of payload protocol ``pp_id`` on ``channel``'s stream (or
+    on ``stream``'s id), as no browser would: RTCDataChannel.send always encodes text as valid
+    UTF-8, so this queues the bytes on the SCTP transport below it, as its
+    ``_data_channel_send`` does."""
+    transport = channel.transport
+    if pp_id != rtcsctptransport.WEBRTC_DCEP:
+        channel._addBufferedAmount(len(data))  # the flush takes it off again
+    transport._data_channel_queue.append((stream or channel, pp_id, data))
+    asyncio.ensure_future(transport._data_channel_flush())
+
+
+def dcep_open(label: bytes) -> bytes:
+    """A DATA_CHANNEL_OPEN control message (RFC 8832) for a reliable channel named ``label``."""
+    return struct.pack("!BBHLHH", 0x03, 0, 0, 0, len(label), 0) + label
+
+
+async def test_hostile_bytes_on_the_events_channel_are_answered_and_the_session_carries_on():
+    """Each of these once ended the session without a word: json's RecursionError out of the
+    message handler, aiortc 1.16's UnicodeDecodeError and asserts in its SCTP receive loop (which
+    end the whole DTLS transport, media included; signaling/sctp_guard.py)."""
+    app, service = make_app()
+    client = client_for(app)
+    await client.connect()
+    try:
+        channel = client._channel
+        client.send("[" * 60_000)  # under the 64 kB limit, far deeper than Python's stack
+        nested = await client.wait_for_event(lambda e: e["type"] == "error", 10)
+        assert nested == {"type": "error", "stage": "input", "reason": "message is nested too deeply"}
+        mark = len(client.received.events)
+        send_raw(channel, rtcsctptransport.WEBRTC_STRING, b'{"type": "text", "text": "caf\xe9"}')
+        not_text = await client.wait_for_event(lambda e: e["type"] == "error", 10, start=mark)
+        assert not_text == {"type": "error", "stage": "input", "reason": "message is not UTF-8 text"}
+        # control messages no browser sends: a second OPEN for the events channel's own stream,
+        # and an OPEN whose label is not UTF-8; both are dropped, no channel opens
+        send_raw(channel, rtcsctptransport.WEBRTC_DCEP, dcep_open(b"events"))
+        send_raw(channel, rtcsctptransport.WEBRTC_DCEP, dcep_open(b"\xff\xfe"), SimpleNamespace(id=100))
+        await asyncio.sleep(0.5)
+        mark = len(client.received.events)
+        client.send_text("What is your name?")
+        done = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30, start=mark)
+        assert done["text"].startswith("Hello there.")
+        assert not client.events_of("closed") and len(client.events_of("error")) == 2
+        assert client.pc.connectionState == "connected" and len(service) == 1
+    finally:
+        await client.close()
+    await service.close_all()
+
+
+async def test_a_failure_of_ours_on_a_message_is_answered_and_the_session_carries_on(monkeypatch):
+    """pyee re-raises a handler's exception inside aiortc's receive loop when nothing handles its
+    "error" event, ending the transport: the session's handler must never raise."""
+    from signaling import session as session_module
+
+    app, service = make_app()
+    client = client_for(app)
+    await client.connect()
+    try:
+        def broken(raw, max_text_chars):
+            raise RuntimeError("a bug")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(session_module, "parse_client_message", broken)
+            client.interrupt()
+            failed = await client.wait_for_event(lambda e: e["type"] == "error", 10)
+        assert failed == {"type": "error", "stage": "input", "reason": "the server failed on this message"}
+        client.send_text("What is your name?")
+        done = await client.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30)
+        assert done["text"].startswith("Hello there.")
+    finally:
+        await client.close()
+    await service.close_all()
+
+
+async def test_logs_and_task_names_carry_a_session_tag_never_its_id(caplog):
+    """The id is all DELETE needs, and Ray's log files are readable by every local user."""
+    serve_log = logging.getLogger("ray.serve")
+    serve_log.addHandler(caplog.handler)  # whether or not Ray stops it propagating to the root
+    caplog.set_level(logging.DEBUG, logger="ray.serve")
+    try:
+        app, service = make_app()
+        client = client_for(app)
+        await client.connect()
+        sid = client.session_id
+        session = service.registry.get(sid)
+        assert session.tag == session_tag(sid) and len(session.tag) == 10
+
+        async def fails():
+            raise RuntimeError("probe")
+
+        session._spawn(fails(), "probe")  # a failed task is logged by its name
+        client.send_text("What is your name?")
+        await client.wait_for_event(lambda e: e["type"] == "transcript" and e["role"] == "avatar", 30)
+        names = [t.get_name() for t in asyncio.all_tasks()]
+        assert any(session.tag in name for name in names)
+        assert not any(sid in name for name in names)
+        session.closed = True  # as a failed peer connection does: the reaper ends it and says so
+        await service.registry.reap()
+        client.location = None
+        await client.close()
+        await service.close_all()
+    finally:
+        serve_log.removeHandler(caplog.handler)
+    said = [(r.getMessage(), repr(r.args)) for r in caplog.records]
+    assert any(f"session {session.tag} created" in m for m, _ in said)
+    assert any(f"session {session.tag} ended" in m for m, _ in said)
+    assert any(f"session-{session.tag}-probe" in m for m, _ in said)
+    assert not [m for m, args in said if sid in m or sid in args]
 
 
 async def test_full_server_refuses_with_503_and_a_vanished_client_is_reaped():
