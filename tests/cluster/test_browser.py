@@ -78,10 +78,10 @@ def mic_wav(speech_assets, tmp_path_factory) -> Path:
 
 
 @asynccontextmanager
-async def browser_page(chromium: str, mic_wav: Path, profile: Path):
+async def browser_page(chromium: str, mic_wav: Path, profile: Path, extra_args: tuple[str, ...] = ()):
     from playwright.async_api import async_playwright
 
-    args = ["--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream",
+    args = [*extra_args, "--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}",
             "--allow-loopback-in-peer-connection", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--disable-gpu",

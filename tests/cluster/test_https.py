@@ -10,6 +10,7 @@ import yaml
 from avatarchat.client.cert import write_pair
 from avatarchat.local_cluster import ROOT, ServeCluster
 from signaling.client import AvatarClient, SessionRefused
+from tests.cluster.test_browser import browser_page, chromium, mic_wav  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
@@ -120,3 +121,31 @@ async def test_offers_that_never_connect_are_bounded_per_client_address(https_se
     finally:
         for pc in peers:
             await pc.close()
+
+
+async def test_the_page_asks_for_the_token_and_then_talks(https_service, chromium, mic_wav, tmp_path):
+    """In Chromium: Start without a token shows the token field and why; with the token typed in,
+    the session connects and a typed question is answered."""
+    import os
+
+    if os.environ.get("AVATAR_CHAT_SKIP_BROWSER") == "1":
+        pytest.skip("AVATAR_CHAT_SKIP_BROWSER=1")
+    service, _ = https_service
+    # the service's self-signed certificate is this test's own
+    async with browser_page(chromium, mic_wav, tmp_path / "profile", ("--ignore-certificate-errors",)) as page:
+        await page.goto(f"{service.url}/")
+        assert await page.is_hidden("#token-box")
+        await page.click("#start")
+        await page.wait_for_selector('#notice[data-reason="needs-token"]', timeout=15_000)
+        assert "access token" in await page.text_content("#notice")
+        assert await page.is_visible("#token-box")
+        await page.wait_for_selector('#state[data-state="off"]')
+        await page.fill("#token", USER)
+        await page.click("#start")
+        await page.wait_for_selector('#state[data-state="listening"]', timeout=20_000)
+        assert await page.is_hidden("#notice"), await page.text_content("#notice")
+        await page.fill("#text", "What is your name?")
+        await page.click("#send")
+        await page.wait_for_selector(".line.avatar.final", timeout=60_000)
+        await page.click("#stop")
+        await page.wait_for_selector('#state[data-state="off"]')
