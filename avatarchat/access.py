@@ -21,7 +21,10 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from fastapi import Request
+
 from avatarchat.errors import ConfigError
+from avatarchat.http_io import json_error
 
 Scope = Literal["open", "user", "operator"]
 
@@ -105,3 +108,14 @@ def load_policy(access, host: str, source: str = "config") -> AccessPolicy:
                           f"could use it. Name environment variables holding bearer tokens, or set "
                           f"access.allow_open_beyond_loopback: true (e.g. behind a proxy that authenticates)")
     return policy
+
+
+async def check_access(request: Request, call_next):
+    """An HTTP middleware (``app.middleware("http")(check_access)``): every request passes the
+    policy the app holds in ``app.state.access`` (set at start-up, before any request is served)."""
+    policy: AccessPolicy = getattr(request.app.state, "access", None) or AccessPolicy()
+    scope = scope_of(request.method, request.url.path)
+    if not policy.allows(scope, request.headers.get("authorization")):
+        return json_error(401, f"this needs the {scope} token: send 'Authorization: Bearer <token>'",
+                          {"WWW-Authenticate": 'Bearer realm="avatar-chat"'})
+    return await call_next(request)

@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 
 from avatarchat import wire
-from avatarchat.access import AccessPolicy, load_policy, scope_of
+from avatarchat.access import check_access, load_policy
 from avatarchat.backends.base import create_backend
 from avatarchat.config import ServiceConfig
 from avatarchat.errors import BadInput
@@ -51,16 +51,7 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="avatar-chat", version="0.1.0")
 
 
-@api.middleware("http")
-async def check_access(request: Request, call_next):
-    """Every route, FastAPI's own /docs and /openapi.json included, passes the access policy the
-    Gateway loaded (avatarchat/access.py); a route nobody placed there needs the operator token."""
-    policy: AccessPolicy = getattr(request.app.state, "access", None) or AccessPolicy()
-    scope = scope_of(request.method, request.url.path)
-    if not policy.allows(scope, request.headers.get("authorization")):
-        return json_error(401, f"this needs the {scope} token: send 'Authorization: Bearer <token>'",
-                          {"WWW-Authenticate": 'Bearer realm="avatar-chat"'})
-    return await call_next(request)
+api.middleware("http")(check_access)  # every route, /docs and /openapi.json included
 
 # Audio kept before the first and after the last detected speech, so words are not clipped.
 _SPEECH_MARGIN_S = 0.25

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from ray import serve
 
+from avatarchat.access import check_access, load_policy
 from avatarchat.backends.base import create_backend
 from avatarchat.config import app_args_from_serve_config, parse_config
 from deployments.handle_ports import HandlePorts
@@ -24,8 +25,9 @@ from signaling import routes, web
 from signaling.service import SessionService, session_deps
 
 
-def build(config_path: str, app_name: str = "avatar") -> FastAPI:
+def build(config_path: str, app_name: str = "avatar", host: str = "127.0.0.1") -> FastAPI:
     config = parse_config(app_args_from_serve_config(config_path), source=config_path)
+    policy = load_policy(config.access, host, config_path)  # the Gateway's tokens and refusals
     handles = [serve.get_deployment_handle(name, app_name) for name in ("ASR", "LLM", "TTS", "Avatar")]
     service = SessionService(config.sessions, session_deps(
         config, HandlePorts(*handles), create_backend(config.stage("vad")), create_backend(config.stage("turn"))))
@@ -35,6 +37,8 @@ def build(config_path: str, app_name: str = "avatar") -> FastAPI:
         await service.close_all()
 
     api = FastAPI(title="avatar-chat sessions", lifespan=lifespan)
+    api.state.access = policy
+    api.middleware("http")(check_access)
 
     @api.post("/v1/sessions")
     async def create(request: Request) -> Response:
@@ -74,7 +78,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
     ray.init(address="auto", namespace="serve", log_to_driver=False)
-    uvicorn.run(build(args.config), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(build(args.config, host=args.host), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -4,10 +4,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from avatarchat.access import AccessPolicy, load_policy, scope_of
+from avatarchat.access import AccessPolicy, check_access, load_policy, scope_of
 from avatarchat.config import Access
 from avatarchat.errors import ConfigError
-from deployments.gateway import api as gateway_api, check_access
+from deployments.gateway import api as gateway_api
 
 USER, OPERATOR = "user-secret-123", "operator-secret-456"
 
