@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from avatarchat.replica_bind import SERVE_RUN_RUNTIME_ENV_JSON
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -48,6 +50,9 @@ class ServeCluster:
                     # as scripts/serve.sh starts Ray: workers at nice 0, not 15 (avatarchat/priority.py)
                     "RAY_worker_niceness": "0",
                     "MALLOC_ARENA_MAX": "2",  # as scripts/serve.sh: memory stays flat
+                    # as scripts/serve.sh: the node address stays 127.0.0.1 on a machine with a
+                    # network, so Ray binds its ports to loopback (docs/deployment.md)
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **(extra_env or {})}
         self.serve_log = self.workdir / "serve_run.log"
         self.serve_proc: subprocess.Popen | None = None
@@ -89,7 +94,9 @@ class ServeCluster:
 
     def start_serve(self) -> None:
         log = open(self.serve_log, "wb")
-        self.serve_proc = subprocess.Popen([str(BIN / "serve"), "run", str(self.config_path)],
+        # as scripts/serve.sh: each replica's inter-deployment gRPC server on the node address
+        self.serve_proc = subprocess.Popen([str(BIN / "serve"), "run", "--runtime-env-json",
+                                            SERVE_RUN_RUNTIME_ENV_JSON, str(self.config_path)],
                                            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True)
 

@@ -27,13 +27,21 @@ if [ -z "${RAY_ADDRESS:-}" ]; then
   # Gateway's media threads and the model stages' worker threads then grow in steps and never give
   # memory back. Two arenas per process keep memory flat (docs/performance.md, "Soak").
   export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
+  # A one-machine Ray that stays on loopback: on a machine with a network, Ray replaces
+  # --node-ip-address=127.0.0.1 by the address of its default route and then binds the GCS, raylet,
+  # workers and metrics ports to all interfaces. This Ray setting keeps the node address 127.0.0.1
+  # (and refuses other nodes); docs/deployment.md, "What listens where".
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
   # Prometheus text (Serve's metrics and avatar_chat_*) on a fixed port (docs/deployment.md)
   ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
     --metrics-export-port="${AVATAR_CHAT_METRICS_PORT:-8090}" >/dev/null
-  export RAY_ADDRESS=auto   # the head may register under the host's address, not 127.0.0.1
+  export RAY_ADDRESS=127.0.0.1:6379
   own_ray=1
 fi
-serve run "$config" &
+# Every Serve replica's inter-deployment gRPC server on the node address, not on [::]
+# (avatarchat/replica_bind.py: Ray Serve hard-codes [::]; a job-level setup hook rebinds it).
+serve run --runtime-env-json \
+  '{"worker_process_setup_hook": "avatarchat.replica_bind.bind_replica_grpc_to_node_ip"}' "$config" &
 serve_pid=$!
 stop() {
   kill -TERM "$serve_pid" 2>/dev/null || true   # serve run ignores SIGINT in the background
