@@ -48,6 +48,21 @@ def mouth_change(mouth_crops) -> np.ndarray:
     return np.abs(np.diff(m, axis=0)).reshape(len(m) - 1, -1).mean(axis=1)
 
 
+def sounding(received, times, level: float = 0.02, within_s: float = 0.06) -> np.ndarray:
+    """Per time in ``times`` (client clock): whether audible sound, a received audio piece with an
+    RMS over ``level``, arrived within ``within_s`` of it. Marks the frames shown while the voice is
+    heard: a reply's pauses between sentences, its silent tail and a playout held by the user's
+    voice show a resting mouth and would dilute a "the mouth moves while it speaks" measure."""
+    at = np.asarray(received.audio_times)
+    loud = at[np.array([float(np.sqrt(np.mean(a ** 2))) > level for a in received.audio], bool)]
+    times = np.asarray(times)
+    if not len(loud):
+        return np.zeros(len(times), bool)
+    i = np.searchsorted(loud, times)  # arrival times are in order
+    before, after = loud[np.maximum(i - 1, 0)], loud[np.minimum(i, len(loud) - 1)]
+    return np.minimum(np.abs(times - before), np.abs(times - after)) <= within_s
+
+
 def sound_to_mouth_lag(received, since: float | None = None) -> tuple[float, float]:
     """(lag in s, correlation) of the mouth's movement behind the sound, as an AvatarClient received
     them (``received.mouth`` needs a mouth box; its first frames must be the idle face). The sound

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from avatarchat.avatar.pack import AvatarPack
+from avatarchat.lipsync import sounding
 from signaling.client import AvatarClient, SessionRefused
 from tests.conftest import BECKETT_TEXT
 from tests.helpers import mouth_change, normalise_words, sound_to_mouth_lag
@@ -88,11 +89,14 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
         assert np.sqrt(np.mean(reply ** 2)) > 0.01, "the reply must be audible"
         fps = r.fps()
         assert 10 <= fps <= 30, fps  # real-time video; the rate itself is bench_sessions.py's
-        # The mouth moves while the avatar speaks (frames from "speaking" to "listening": not the
-        # idle face after a short reply) and rests before.
+        # The mouth moves while the avatar's voice is heard (frames from "speaking" to "listening"
+        # with the reply's sound arriving: not the pauses between sentences, the silent tail or a
+        # playout held by the user's voice, where it rests) and rests before.
         times = np.array(r.video_times[:len(r.mouth)])
         mouth = np.stack(r.mouth).astype(np.float32)
-        talking = mouth[(times >= speaking_at) & (times <= listening_at)]
+        in_reply = (times >= speaking_at) & (times <= listening_at)
+        voiced = sounding(r, times[in_reply])
+        voiced_pairs = voiced[1:] & voiced[:-1]  # consecutive frames, both while the voice is heard
         # Resting: before the avatar first spoke at all. A pause in the speech can start a turn
         # that speaks briefly before the resumed speech interrupts it, so frames just before the
         # answered turn's "speaking" may show a moving mouth.
@@ -100,16 +104,18 @@ async def test_a_spoken_question_is_answered_with_voice_and_a_moving_mouth(servi
                               if e == {"type": "state", "state": "speaking"})
         resting = mouth[times < first_speaking - 1.0]
         # A two-word reply is ~15 frames; the resting face before it is seconds long.
-        assert len(talking) > 10 and len(resting) > 25, (len(talking), len(resting))
+        assert voiced_pairs.sum() > 10 and len(resting) > 25, (voiced_pairs.sum(), len(resting))
         # Frame-to-frame change, not the spread over each window: the head's idle sway moves the
         # mouth crop too, and over a longer resting window spread it as much as half the talking.
-        talking_change, resting_change = mouth_change(talking).mean(), mouth_change(resting).mean()
+        talking_change = mouth_change(mouth[in_reply])[voiced_pairs].mean()
+        resting_change = mouth_change(resting).mean()
         assert talking_change > 1.5, (talking_change, resting_change)
         assert talking_change > 3 * resting_change, (talking_change, resting_change)
         lag, corr = sound_to_mouth_lag(r)  # sound and mouth arrive together
         print(f"\nWEBRTC one session: connect {client.connect_s * 1000:.0f} ms, received video "
               f"{fps:.1f} fps over {len(r.video_times)} frames, reply {done['audio_s']} s, "
-              f"mouth behind sound {lag * 1000:.0f} ms (correlation {corr:.2f})")
+              f"mouth behind sound {lag * 1000:.0f} ms (correlation {corr:.2f}), mouth change "
+              f"{talking_change:.2f} talking, {resting_change:.2f} resting")
         assert corr > 0.3 and abs(lag) <= 0.12, (lag, corr)
     finally:
         assert await client.close() == 204

@@ -121,3 +121,18 @@ def test_the_microphone_records_when_each_queued_sample_went_out():
     assert mic.sent_at(1000, 16000) is None
     assert mic.sent_at(400, 16000) == pytest.approx(mic.sent_times[1] + (1200 - FRAME_SAMPLES) / 48000)
     assert np.all(np.diff(mic.sent_times) >= 0)  # (no timed assertions: see docs/performance.md)
+
+
+def test_frames_while_the_voice_is_heard():
+    """sounding(): a frame counts while loud audio arrives near it, not in a pause or after."""
+    from types import SimpleNamespace
+
+    from avatarchat.lipsync import sounding
+
+    t_audio = np.arange(0, 3, 0.02)                         # 20 ms pieces for 3 s
+    loud = (t_audio < 1.0) | ((t_audio >= 2.0) & (t_audio < 2.5))  # voice, a pause, voice, silence
+    pieces = [np.full(960, 0.2 if v else 0.001, np.float32) for v in loud]
+    received = SimpleNamespace(audio=pieces, audio_times=list(t_audio))
+    frames = np.array([0.5, 1.2, 1.5, 2.2, 2.8, 5.0])
+    assert sounding(received, frames).tolist() == [True, False, False, True, False, False]
+    assert not sounding(SimpleNamespace(audio=[], audio_times=[]), frames).any()
