@@ -12,9 +12,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from avatarchat.access import is_loopback
 from avatarchat.errors import ConfigError
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAIR = "both ssl_certfile and ssl_keyfile, or neither"
 
 
@@ -54,7 +54,7 @@ def check_tls(source: str, http_options: dict) -> Path | None:
 def plain_http_warning(http_options: dict) -> str | None:
     """A warning when the service is reachable off this machine over plain http."""
     host = str(http_options.get("host") or "127.0.0.1")
-    if host in LOOPBACK_HOSTS or http_options.get("ssl_certfile"):
+    if is_loopback(host) or http_options.get("ssl_certfile"):
         return None
     return (f"http_options.host is {host} without ssl_certfile/ssl_keyfile: browsers on other machines "
             "will not give the page their microphone over plain http (typing still works); "
