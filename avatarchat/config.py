@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from avatarchat import registry
 from avatarchat.access import load_policy
 from avatarchat.errors import ConfigError
-from avatarchat.http_options import check_http_options
+from avatarchat.http_options import bind_host, check_http_options
 
 
 class Options(BaseModel):
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = yaml.safe_load(Path(argv[0]).read_text())
         _, warnings = check_http_options(argv[0], doc)
         # the Gateway checks the same at start-up; here it fails before Ray starts
-        load_policy(cfg.access, (doc.get("http_options") or {}).get("host", "127.0.0.1"), argv[0])
+        load_policy(cfg.access, bind_host(doc.get("http_options")), argv[0])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 1

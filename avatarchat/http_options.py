@@ -51,9 +51,14 @@ def check_tls(source: str, http_options: dict) -> Path | None:
     return cert_path
 
 
+def bind_host(http_options: dict | None) -> str:
+    """The address Serve's proxy binds for these ``http_options`` (Serve's default: 127.0.0.1)."""
+    return str((http_options or {}).get("host") or "127.0.0.1")
+
+
 def plain_http_warning(http_options: dict) -> str | None:
     """A warning when the service is reachable off this machine over plain http."""
-    host = str(http_options.get("host") or "127.0.0.1")
+    host = bind_host(http_options)
     if is_loopback(host) or http_options.get("ssl_certfile"):
         return None
     return (f"http_options.host is {host} without ssl_certfile/ssl_keyfile: browsers on other machines "
