@@ -1,5 +1,8 @@
-"""Builds the Serve application from the config: one deployment per model stage, and the gateway
-that streams each turn through them.
+"""Builds the Serve application from the config: one deployment per model stage, the Media
+deployment whose replicas hold the live sessions, and the stateless Gateway (HTTP) in front.
+
+    Gateway (HTTP) -> Media (live sessions, by session id) -> ASR, LLM, TTS, Avatar
+    Gateway (POST /v1/turns)                                -> ASR, LLM, TTS, Avatar
 
     serve run serve_config.yaml      (import_path: graph:build_app, args: the service config)
 
@@ -16,6 +19,7 @@ from deployments.asr import ASRDeployment
 from deployments.avatar import AvatarDeployment
 from deployments.gateway import Gateway
 from deployments.llm import LLMDeployment
+from deployments.media import MediaDeployment
 from deployments.tts import TTSDeployment
 
 
@@ -25,4 +29,5 @@ def build_app(args: dict) -> Application:
     llm = LLMDeployment.bind(config.stage("llm"), config.priority)
     tts = TTSDeployment.bind(config.stage("tts"), config.priority)
     avatar = AvatarDeployment.bind(config.stage("avatar"), config.priority)
-    return Gateway.bind(config, asr, llm, tts, avatar)
+    media = MediaDeployment.bind(config, asr, llm, tts, avatar)
+    return Gateway.bind(config, media, asr, llm, tts, avatar)

@@ -82,11 +82,15 @@ class IceServer(Options):
 
 
 class Sessions(Options):
-    """Live WebRTC sessions (POST /v1/sessions, see docs/protocol.md). The Gateway replica holds them."""
+    """Live WebRTC sessions (POST /v1/sessions, see docs/protocol.md). Media replicas hold them."""
 
-    max_sessions: int = Field(3, gt=0, description="sessions held at once; one more is refused with 503. "
-                              "3 is what one Gateway holds at a steady 25 fps on a 2-core CPU with every "
-                              "session speaking at once (docs/performance.md); raise it on bigger machines")
+    max_sessions: int = Field(3, gt=0, description="sessions one Media replica holds at once; a new session "
+                              "goes to a replica with room, and when every replica is full it is refused "
+                              "with 503. 3 is what one replica holds at a steady 25 fps on a 2-core CPU with "
+                              "every session speaking at once (docs/performance.md); raise it on bigger machines")
+    drain_timeout_s: float = Field(600.0, gt=0, description="how long a Media replica chosen for scale-down "
+                                   "(or replaced by a new version) waits for its sessions to end before ending "
+                                   "the rest; keep the Media deployment's graceful_shutdown_timeout_s above it")
     idle_timeout_s: float = Field(300.0, gt=0, description="a session with no speech or text for this long is ended")
     max_duration_s: float = Field(1800.0, gt=0, description="a session is ended after this long whatever it does")
     media_timeout_s: float = Field(5.0, gt=0, description="a session whose client sends no audio for this long "

@@ -14,9 +14,11 @@
                              and each stage replica's memory (leak checks; no user content)
     GET  /healthz
 
-VAD runs here, beside the request, not as a deployment: a 32 ms chunk costs ~0.1 ms, a Ray hop more.
-Live sessions (peer connections, their VAD streams, the renderer that draws their frames) are held
-by this replica for now (signaling/); only face motion crosses Ray, never frames.
+The Gateway holds no session: it is stateless and autoscales. Live sessions (peer connections,
+their VAD streams, the renderer that draws their frames) are held by the Media replicas
+(deployments/media.py); the session routes reach the one holding a session through the Media
+deployment's request router (deployments/media_plane.py, deployments/session_routing.py).
+VAD for POST /v1/turns runs here, beside the request: a 32 ms chunk costs ~0.1 ms, a Ray hop more.
 """
 
 
@@ -36,7 +38,6 @@ from avatarchat.errors import BadInput
 from avatarchat.http_io import json_error, read_body
 from avatarchat.events import ReplyDone, TurnFailed
 from avatarchat.messages import AudioChunk, Transcript
-from avatarchat.priority import ask_for_priority
 from avatarchat.process_stats import process_stats
 from avatarchat.recording import Recorder
 from avatarchat.segmenter import find_speech
@@ -45,7 +46,8 @@ from avatarchat.turn_request import TurnRequest, parse_turn_request
 from deployments.handle_ports import HandlePorts
 from signaling import routes as session_routes
 from signaling import web
-from signaling.service import SessionService, ice_servers, session_deps
+from deployments.media_plane import MediaPlane
+from signaling.service import check_ice_secrets, ice_servers
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="avatar-chat", version="0.1.0")
@@ -73,14 +75,13 @@ def serve_http_host() -> str:
     name="Gateway",
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 1},  # holds the sessions: no autoscaling
-    graceful_shutdown_timeout_s=30,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    graceful_shutdown_timeout_s=130,  # > limits.turn_timeout_s: a POST /v1/turns in progress finishes
     max_constructor_retry_count=3,  # a missing model file does not fix itself
 )
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):
-        ask_for_priority(config.priority.media_niceness, "Gateway (live media)")
+    def __init__(self, config: ServiceConfig, media, asr, llm, tts, avatar):
         self.config = config
         # before anything loads: a token variable that is unset, or an open API beyond loopback,
         # fails the start here, naming the key
@@ -89,14 +90,8 @@ class Gateway:
         self.ports = HandlePorts(asr, llm, tts, avatar)
         self.vad = create_backend(config.stage("vad"))
         self.recorder = Recorder(config.record_dir) if config.record_dir else None
-        self.turn = create_backend(config.stage("turn"))  # end of turn, beside the VAD
-        self.sessions = SessionService(config.sessions, session_deps(config, self.ports, self.vad, self.turn))
-
-    async def __del__(self):
-        # Serve calls this when the replica shuts down: end every live session cleanly.
-        sessions = getattr(self, "sessions", None)
-        if sessions is not None:
-            await sessions.close_all()
+        check_ice_secrets(config.sessions, "Serve config applications[].args")  # GET /v1/ice resolves them
+        self.sessions = MediaPlane(media, config.sessions)
 
     @api.post("/v1/sessions")
     async def create_session(self, request: Request) -> Response:
@@ -108,12 +103,12 @@ class Gateway:
 
     @api.get("/v1/sessions")
     async def count_sessions(self) -> dict:
-        return session_routes.count_sessions(self.sessions)
+        return await session_routes.count_sessions(self.sessions)
 
     @api.get("/v1/avatar")
     async def avatar_for_browser(self) -> Response:
         """The avatar pack for render=browser sessions: photo and warp fields (docs/protocol.md)."""
-        return session_routes.avatar_for_browser(self.sessions)
+        return await session_routes.avatar_for_browser(self.sessions)
 
     @api.get("/v1/ice")
     async def ice(self) -> dict:
@@ -131,11 +126,10 @@ class Gateway:
     @api.get("/v1/diagnostics")
     async def diagnostics(self) -> dict:
         names = ("asr", "llm", "tts", "avatar")
-        stages = await asyncio.gather(*(self.handles[n].diagnostics.remote() for n in names))
-        peer_connections = self.sessions.live_peer_connections()  # collects garbage: before trimming
-        return {"gateway": {**process_stats(trim=True), "sessions": len(self.sessions),
-                            "peer_connections": peer_connections},
-                "stages": dict(zip(names, stages))}
+        stages, media = await asyncio.gather(
+            asyncio.gather(*(self.handles[n].diagnostics.remote() for n in names)),
+            self.sessions.each_replica("diagnostics"))
+        return {"gateway": process_stats(trim=True), "media": media, "stages": dict(zip(names, stages))}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -148,7 +142,7 @@ class Gateway:
                 "stages": {name: s.backend for name, s in self.config.stages.items()},
                 "limits": self.config.limits.model_dump(),
                 "pacing": self.config.pacing.model_dump(),
-                "sessions": self.sessions.describe()}
+                "sessions": await self.sessions.summary()}
 
     @api.get("/v1/stages")
     async def stages(self) -> dict:

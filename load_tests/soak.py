@@ -9,13 +9,14 @@ video, asks one typed question, waits for the whole spoken reply, and hangs up. 
 for ``--concurrent-s`` seconds (each user hangs up after its reply and reconnects).
 
 Before, between and after the phases (once no session is live), the service's own account is read
-from GET /v1/diagnostics: the Gateway's resident memory, OS threads, asyncio tasks and peer
-connections still in memory, and each stage replica's resident memory. The baseline is taken after
+from GET /v1/diagnostics: the Media replicas' (the processes holding the sessions) resident memory,
+OS threads, asyncio tasks and peer connections still in memory, and the Gateway's and each stage
+replica's resident memory. The baseline is taken after
 ``--warmup`` sessions: allocators grow to a high-water mark over the first sessions (ONNX Runtime
 keeps the largest buffers a model has needed, replies differ in length), which is not a leak; the
 memory at start-up and after the first session are reported too. Passes when the
-service's memory (Gateway + stages) ends within ``--max-growth-mb`` (50) of the baseline, no peer
-connection is left, the Gateway's asyncio tasks are back to the baseline, and its threads have not
+service's memory (Gateway + Media + stages) ends within ``--max-growth-mb`` (50) of the baseline, no peer
+connection is left, the Media replicas' asyncio tasks are back to the baseline, and its threads have not
 grown past the baseline plus a thread pool's worth (asyncio's default executor keeps up to
 min(32, cores + 4) threads once it has needed them).
 
@@ -42,9 +43,15 @@ QUESTION = "Hello!"
 THREAD_ALLOWANCE = min(32, (os.cpu_count() or 1) + 4)
 
 
+def media(diag: dict) -> dict:
+    """The Media replicas of /v1/diagnostics taken together: where sessions live, and leak."""
+    keys = ("rss_mb", "sessions", "peer_connections", "asyncio_tasks", "threads")
+    return {k: sum(r[k] for r in diag["media"]) for k in keys}
+
+
 def service_memory(diag: dict) -> float:
     stages = [s["rss_mb"] for s in diag["stages"].values() if s and s.get("rss_mb") is not None]
-    return round(diag["gateway"]["rss_mb"] + sum(stages), 1)
+    return round(diag["gateway"]["rss_mb"] + media(diag)["rss_mb"] + sum(stages), 1)
 
 
 async def diagnostics(server: str, settle_s: float = 30.0) -> dict:
@@ -53,7 +60,7 @@ async def diagnostics(server: str, settle_s: float = 30.0) -> dict:
     async with httpx.AsyncClient(timeout=30) as http:
         while True:
             diag = (await http.get(f"{server}/v1/diagnostics")).json()
-            g = diag["gateway"]
+            g = media(diag)
             if (g["sessions"] == 0 and g["peer_connections"] == 0) or time.monotonic() > deadline:
                 diag["service_rss_mb"] = service_memory(diag)
                 return diag
@@ -101,10 +108,10 @@ async def concurrent(server: str, users: int, seconds: float) -> tuple[int, list
 
 
 def verdict(base: dict, end: dict, max_growth_mb: float) -> dict:
-    g0, g1 = base["gateway"], end["gateway"]
+    g0, g1 = media(base), media(end)
     checks = {
         "memory_growth_mb": round(end["service_rss_mb"] - base["service_rss_mb"], 1),
-        "gateway_memory_growth_mb": round(g1["rss_mb"] - g0["rss_mb"], 1),
+        "media_memory_growth_mb": round(g1["rss_mb"] - g0["rss_mb"], 1),
         "peer_connections_left": g1["peer_connections"],
         "asyncio_tasks": [g0["asyncio_tasks"], g1["asyncio_tasks"]],
         "threads": [g0["threads"], g1["threads"]],
@@ -117,7 +124,7 @@ def verdict(base: dict, end: dict, max_growth_mb: float) -> dict:
 
 def sample(phase: str, sessions: int, diag: dict) -> dict:
     return {"phase": phase, "sessions": sessions, "service_rss_mb": diag["service_rss_mb"],
-            "gateway_rss_mb": diag["gateway"]["rss_mb"],
+            "media_rss_mb": media(diag)["rss_mb"],
             "stages_rss_mb": {k: v.get("rss_mb") for k, v in diag["stages"].items() if v}}
 
 
@@ -158,7 +165,7 @@ def plot(report: dict, path: Path) -> None:
     s = report["samples"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot([x["sessions"] for x in s], [x["service_rss_mb"] for x in s], "o-", label="service (Gateway + stages)")
-    ax.plot([x["sessions"] for x in s], [x["gateway_rss_mb"] for x in s], "s-", label="Gateway")
+    ax.plot([x["sessions"] for x in s], [x["media_rss_mb"] for x in s], "s-", label="Media (sessions)")
     base = next(x["service_rss_mb"] for x in s if x["phase"] == "baseline")
     ax.axhline(base + 50, color="grey", ls="--", lw=1, label="baseline + 50 MB")
     ax.axvline(0, color="grey", lw=0.8)

@@ -1,4 +1,5 @@
-"""The HTTP side of sessions, in the shape of WHIP (RFC 9725), mounted on the Gateway's FastAPI app:
+"""The HTTP side of sessions, in the shape of WHIP (RFC 9725), mounted on the Gateway's FastAPI app
+(and on signaling/standalone.py's):
 
     POST   /v1/sessions[?render=server|browser]   Content-Type: application/sdp, the offer as body
                                -> 201, the answer SDP as body, Location: /v1/sessions/{id},
@@ -12,21 +13,42 @@ Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.ma
 415 another content type, 429 + Retry-After when the client's address already holds
 ``sessions.max_pending_per_client`` sessions that have not connected, 503 + Retry-After when full,
 404 unknown session.
+
+The routes talk to a ``SessionPlane``: the sessions of this process (signaling.service.SessionService)
+or the Media replicas behind the Gateway (deployments/media_plane.py); both answer alike.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from fastapi import Request, Response
 
+from avatarchat.config import Sessions as SessionOptions
 from avatarchat.errors import BadInput
 from avatarchat.http_io import json_error, media_type, read_body
-from signaling.service import BadOffer, Full, SessionService, TooManyPending
+from signaling.offers import BadOffer
+from signaling.sessions import Full, TooManyPending
+
+
+class SessionPlane(Protocol):
+    options: SessionOptions
+
+    async def create(self, offer_sdp: str, render: str | None = None,
+                     client: str | None = None) -> tuple[str, str, str]:
+        """(session id, answer SDP, render mode); raises BadOffer, TooManyPending or Full."""
+
+    async def end(self, session_id: str, reason: str = "hung up") -> bool: ...
+
+    async def describe_sessions(self) -> dict: ...
+
+    async def browser_pack(self) -> bytes: ...
 
 SDP_TYPE = "application/sdp"
 RENDER_HEADER = "Avatar-Render"  # the session's render mode: server (video) or browser (motion)
 
 
-async def create_session(service: SessionService, request: Request) -> Response:
+async def create_session(service: SessionPlane, request: Request) -> Response:
     ctype = media_type(request.headers.get("content-type"))
     if ctype != SDP_TYPE:
         return json_error(415, f"Content-Type must be {SDP_TYPE}, got {ctype or 'none'!r}")
@@ -51,29 +73,18 @@ async def create_session(service: SessionService, request: Request) -> Response:
                     headers={"Location": f"/v1/sessions/{session_id}", RENDER_HEADER: render})
 
 
-async def delete_session(service: SessionService, session_id: str) -> Response:
+async def delete_session(service: SessionPlane, session_id: str) -> Response:
     if not await service.end(session_id, "hung up"):
         return json_error(404, f"no session {session_id!r}")
     return Response(status_code=204)
 
 
-def avatar_for_browser(service: SessionService) -> Response:
-    """The pack as the page draws it in render=browser sessions (avatarchat/avatar/browser_pack.py),
-    built once per process: ~0.5 MB of JSON, cacheable for as long as the process lives."""
-    global _browser_pack
-    if _browser_pack is None or _browser_pack[0] is not service.deps.renderer:
-        import json
-
-        from avatarchat.avatar.browser_pack import browser_pack
-
-        body = json.dumps(browser_pack(service.deps.renderer), separators=(",", ":")).encode()
-        _browser_pack = (service.deps.renderer, body)
-    return Response(_browser_pack[1], media_type="application/json",
+async def avatar_for_browser(service: SessionPlane) -> Response:
+    """The pack as the page draws it in render=browser sessions (avatarchat/avatar/browser_pack.py):
+    ~0.5 MB of JSON, cacheable for as long as the process lives."""
+    return Response(await service.browser_pack(), media_type="application/json",
                     headers={"Cache-Control": "private, max-age=300"})
 
 
-_browser_pack: tuple[object, bytes] | None = None
-
-
-def count_sessions(service: SessionService) -> dict:
-    return {**service.describe(), "sessions": service.stats()}
+async def count_sessions(service: SessionPlane) -> dict:
+    return await service.describe_sessions()

@@ -29,11 +29,14 @@ from signaling.turn_credentials import time_limited_credential
 log = logging.getLogger("ray.serve")
 
 
-def use_host_addresses(addresses: list[str]) -> None:
-    """Offer exactly ``addresses`` as ICE host candidates from this process (empty: aioice's own)."""
-    if addresses:
-        fixed = list(addresses)
-        aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: list(fixed)
+def use_host_addresses(addresses: list[str]) -> list[str]:
+    """Offer exactly ``addresses`` as ICE host candidates from this process; empty: every
+    non-loopback address of this machine (aioice's own choice), or 127.0.0.1 where it has none,
+    so a node without a network still answers clients on the same machine. Returns the addresses
+    offered."""
+    fixed = list(addresses) or aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) or ["127.0.0.1"]
+    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: list(fixed)
+    return fixed
 
 
 def ice_servers(options: SessionOptions, now: float | None = None) -> list[dict]:
@@ -92,14 +95,18 @@ def session_deps(config: ServiceConfig, ports: StagePorts, vad, turn=None) -> Se
 
 
 class SessionService:
-    def __init__(self, options: SessionOptions, deps: SessionDeps):
+    """The sessions one process holds. ``owner`` names the process in every session id it makes
+    (a Media replica's name; deployments/session_routing.py routes by it)."""
+
+    def __init__(self, options: SessionOptions, deps: SessionDeps, owner: str = "local"):
         check_ice_secrets(options)
-        self.options, self.deps = options, deps
+        self.options, self.deps, self.owner = options, deps, owner
         self.registry = SessionRegistry(options, deps.clock, on_count=deps.metrics.active_sessions)
         self._seed = 0
+        self._browser_pack: bytes | None = None
         # every peer connection ever made, held weakly: what is left in it is what is still alive
         self._peer_connections: weakref.WeakSet = weakref.WeakSet()
-        use_host_addresses(options.host_addresses)
+        self.host_addresses = use_host_addresses(options.host_addresses)
         sctp_guard.install()  # aiortc 1.16 ends a transport on a string message that is not UTF-8
 
     def __len__(self) -> int:
@@ -127,7 +134,7 @@ class SessionService:
         self.registry.start_reaper()
         pc = RTCPeerConnection(ice_configuration(self.options))
         self._peer_connections.add(pc)
-        session_id = new_session_id()
+        session_id = new_session_id(self.owner)
         self._seed += 1
         session = Session(session_id, pc, self.deps, seed=self._seed, render=render)
         try:
@@ -160,6 +167,20 @@ class SessionService:
         return {"active_sessions": len(self.registry), "max_sessions": self.options.max_sessions,
                 "render": list(self.options.render)}
 
+    async def describe_sessions(self) -> dict:
+        """GET /v1/sessions from this one process."""
+        return {**self.describe(), "sessions": self.stats()}
+
+    async def browser_pack(self) -> bytes:
+        """The avatar pack as the page draws it in render=browser sessions (JSON bytes, built once)."""
+        if self._browser_pack is None:
+            import json
+
+            from avatarchat.avatar.browser_pack import browser_pack
+
+            self._browser_pack = json.dumps(browser_pack(self.deps.renderer), separators=(",", ":")).encode()
+        return self._browser_pack
+
     def stats(self) -> list[dict]:
         """Per-session media counters, oldest session first (for tests and diagnosis). No user
         content and no session ids: an id is what DELETE needs, so only its holder knows it."""
@@ -179,8 +200,17 @@ class SessionService:
         gc.collect()
         return len(self._peer_connections)
 
-    async def close_all(self) -> None:
-        await self.registry.close_all()
+    @property
+    def occupied(self) -> int:
+        """Sessions held and offers being answered: what room is left is counted against."""
+        return self.registry.occupied
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until every session has ended (at most ``timeout_s``); whether they all did."""
+        return await self.registry.wait_empty(timeout_s)
+
+    async def close_all(self, reason: str = "server shutting down") -> None:
+        await self.registry.close_all(reason)
 
 
 __all__ = ["BadOffer", "Full", "SessionService", "TooManyPending", "ice_configuration", "ice_servers", "session_deps",

@@ -47,8 +47,20 @@ class Reapable(Protocol):
     async def close(self, reason: str) -> None: ...
 
 
-def new_session_id() -> str:
-    return secrets.token_urlsafe(12)
+# A session id names the process that holds the session, then 96 random bits: any ingress replica
+# can route a request about it to that process (deployments/session_routing.py) without a table.
+ID_SEPARATOR = "."
+
+
+def new_session_id(owner: str = "local") -> str:
+    """A new session id held by ``owner`` (a Media replica's name)."""
+    return f"{owner}{ID_SEPARATOR}{secrets.token_urlsafe(12)}"
+
+
+def owner_of(session_id: str) -> str | None:
+    """The owner a session id names (None: not an id of this shape)."""
+    owner, sep, rest = session_id.partition(ID_SEPARATOR)
+    return owner if sep and owner and rest else None
 
 
 def session_tag(session_id: str) -> str:
@@ -68,9 +80,16 @@ class SessionRegistry:
         self._client_of: dict[str, str] = {}
         self._reserved_by: Counter[str] = Counter()
         self._reaper: asyncio.Task | None = None
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def occupied(self) -> int:
+        """Sessions held plus places reserved for offers being answered."""
+        return len(self._sessions) + self._reserved
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -130,12 +149,17 @@ class SessionRegistry:
                              f"or try again in {retry} s", retry)
 
     def _counted(self) -> None:
+        if self._sessions:
+            self._empty.clear()
+        else:
+            self._empty.set()
         if self._on_count is not None:
             self._on_count(len(self._sessions))
 
     def discard(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
         self._client_of.pop(session_id, None)
+        self._counted()
 
     async def end(self, session_id: str, reason: str) -> bool:
         session = self._sessions.get(session_id)
@@ -190,6 +214,14 @@ class SessionRegistry:
                 log.exception("session reaper")
             # Ray's metrics export drops a gauge not set for a while: report the count each round.
             self._counted()
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        """Wait until no session is held (at most ``timeout_s``); whether none is."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        return not self._sessions
 
     async def close_all(self, reason: str = "server shutting down") -> None:
         if self._reaper is not None:

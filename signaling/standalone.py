@@ -50,11 +50,11 @@ def build(config_path: str, app_name: str = "avatar", host: str = "127.0.0.1") -
 
     @api.get("/v1/sessions")
     async def count() -> dict:
-        return routes.count_sessions(service)
+        return await routes.count_sessions(service)
 
     @api.get("/v1/avatar")
     async def avatar() -> Response:
-        return routes.avatar_for_browser(service)
+        return await routes.avatar_for_browser(service)
 
     @api.get("/healthz")
     async def healthz() -> dict:

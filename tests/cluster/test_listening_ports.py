@@ -4,7 +4,7 @@ cluster's own processes listen on, read from /proc and named by the process that
 Three starts are checked:
 
 - the suite's shared service (tests/cluster/conftest.py), with a live WebRTC session open, so the
-  Gateway's ICE sockets are counted too;
+  Media replica's ICE sockets are counted too;
 - `scripts/serve.sh` itself, as a user runs it (token auth, dashboard, metrics on 8090), inside a
   private network and PID namespace (`unshare`) so its fixed ports cannot clash and everything it
   starts dies with it. The namespace is given an address and a default route (10.99.0.1 on its
@@ -196,7 +196,7 @@ def component(l: Listener, *, http_port: int, metrics_port: int, dashboard_port:
     if p == "ray::ProxyActor" and l.port == http_port:
         return "Serve HTTP proxy"
     if p.startswith("ray::ServeReplica:") and l.proto == "udp":
-        return "WebRTC ICE (Gateway)"
+        return "WebRTC ICE (Media)"
     if (p.startswith("ray::") or p == "serve run") and l.port in WORKER_PORTS:
         return "core worker RPC"
     if p.startswith("ray::ServeReplica:"):
@@ -224,13 +224,13 @@ def check_bindings(found: list[Listener], *, node_ip: str, http_port: int, metri
     # the node address (Ray's rule, no setting): loopback on a loopback node only.
     for c in ("Serve HTTP proxy", "metrics export"):
         assert rows.get(c), f"{c} not found among:\n{report}"
-    for c in ("Serve HTTP proxy", "dashboard", "WebRTC ICE (Gateway)") + (
+    for c in ("Serve HTTP proxy", "dashboard", "WebRTC ICE (Media)") + (
             ("metrics export",) if node_loopback else ()):
         assert all(l.loopback for l in rows.get(c, [])), f"{c} not on loopback only:\n{report}"
     # Every replica's inter-deployment gRPC server: the node address, never all interfaces.
     grpc = rows.get("Serve replica gRPC (inter-deployment)", [])
     assert {l.process for l in grpc} >= {f"ray::ServeReplica:avatar:{d}" for d in
-                                         ("Gateway", "ASR", "LLM", "TTS", "Avatar")}, report
+                                         ("Gateway", "Media", "ASR", "LLM", "TTS", "Avatar")}, report
     assert all(str(l.ip) == node_ip for l in grpc), report
     assert not any(c.startswith("unknown") for c in rows), report
     return rows
@@ -251,7 +251,7 @@ async def test_shared_service_listens_on_loopback_only(service):
         await client.close()
     rows = check_bindings(found, node_ip="127.0.0.1", http_port=service.http_port,
                           metrics_port=service.metrics_port)
-    assert rows.get("WebRTC ICE (Gateway)"), "the live session's ICE sockets were not found"
+    assert rows.get("WebRTC ICE (Media)"), "the live session's ICE sockets were not found"
     assert {l.port for l in rows["GCS"]} == {service.gcs_port}
 
 

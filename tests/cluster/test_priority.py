@@ -1,5 +1,6 @@
 """Live media before models (avatarchat/priority.py), on the shared real service: Ray started as
-scripts/serve.sh starts it (workers at nice 0), the Gateway stays at 0, every model stage lowers
+scripts/serve.sh starts it (workers at nice 0), the Media replica (live sessions) and the Gateway
+stay at 0, every model stage lowers
 itself by priority.stage_niceness (10), threads included."""
 
 import os
@@ -22,9 +23,9 @@ def replica_niceness() -> dict[str, set[int]]:
     return found
 
 
-def test_the_gateway_outranks_every_model_stage(service):
+def test_live_media_outranks_every_model_stage(service):
     found = replica_niceness()
-    assert found.get("Gateway") == {0}, found
+    assert found.get("Media") == {0} and found.get("Gateway") == {0}, found
     for stage in ("ASR", "LLM", "TTS", "Avatar"):
         assert found.get(stage) == {10}, (stage, found)
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the test itself was left alone

@@ -534,11 +534,11 @@ async def test_an_emotion_tag_from_the_llm_shows_on_the_face_and_not_in_the_text
     await service.close_all()
 
 
-def test_the_avatar_for_the_browser_is_served_once_built():
+async def test_the_avatar_for_the_browser_is_served_once_built():
     _, service = make_app()
-    first = routes.avatar_for_browser(service)
+    first = await routes.avatar_for_browser(service)
     pack = __import__("json").loads(first.body)
     assert first.media_type == "application/json" and pack["format"] == 1
     assert pack["motion_fields"][:2] == ["mouth_open", "mouth_width"] and len(pack["eyes"]) == 2
     assert pack["image"].startswith("data:image/png;base64,")
-    assert routes.avatar_for_browser(service).body is first.body  # built once per process
+    assert (await routes.avatar_for_browser(service)).body is first.body  # built once per process

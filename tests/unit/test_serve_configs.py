@@ -24,8 +24,17 @@ def test_every_model_deployment_autoscales_with_explicit_settings(name):
         assert d["max_ongoing_requests"] >= a["target_ongoing_requests"], (name, stage)
         # a replica being scaled down finishes the turns it carries
         assert d["graceful_shutdown_timeout_s"] > turn_timeout, (name, stage)
-    gateway = deployments["Gateway"]
-    assert "autoscaling_config" not in gateway or gateway["autoscaling_config"].get("max_replicas", 1) == 1
+    # the Gateway holds no session: it may autoscale, and a scale-down lets a POST /v1/turns finish
+    assert deployments["Gateway"]["graceful_shutdown_timeout_s"] > turn_timeout
+    # Media autoscales on live sessions, routes by session, and drains within its shutdown budget
+    media = deployments["Media"]
+    a = media["autoscaling_config"]
+    assert 1 <= a["min_replicas"] <= a["max_replicas"], a
+    assert a["policy"]["policy_function"] == "deployments.session_autoscaling:SessionAutoscaling"
+    assert a["policy"]["policy_kwargs"]["target_sessions_per_replica"] > 0
+    assert media["request_router_config"]["request_router_class"] == "deployments.session_routing:SessionRouter"
+    drain = load_serve_config(ROOT / name).sessions.drain_timeout_s
+    assert media["graceful_shutdown_timeout_s"] > drain
 
 
 def test_gpu_config_shares_one_gpu_between_the_stages():
