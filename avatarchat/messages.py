@@ -5,7 +5,8 @@ models: pydantic is for configuration, validated once at start-up, not for hot-p
 
 Each message's class says what an interruption does to it (``dropped_on_interrupt``), the way
 Pipecat's frame types do: media and partial text belong to the reply being spoken and are flushed on
-barge-in; transcripts and timings describe what already happened and are kept.
+barge-in; transcripts and timings describe what already happened and are kept. The conversation
+core reads it when it cuts a reply (avatarchat/conversation/outbox.py).
 """
 
 from __future__ import annotations
@@ -163,7 +164,10 @@ class AnimateRequest:
 
 @dataclass(slots=True)
 class TurnTimings:
-    """Where the time of one turn went, in seconds. ``None`` where a stage did not run."""
+    """Where the time of one turn went, in seconds. ``None`` where a stage did not run. Filled in
+    as the turn runs, so not a (frozen) Message, but interrupted alike: kept."""
+
+    dropped_on_interrupt: ClassVar[bool] = False
 
     speech_end_in_input: float | None = None  # VAD: where the user's speech ended in the upload
     asr: float | None = None

@@ -21,7 +21,7 @@ from avatarchat.avatar.expression import EmotionTagFilter, normalise
 from avatarchat.events import ReplyDone, StateChanged, TurnFailed
 from avatarchat.messages import (AnimateRequest, AudioChunk, ChatMessage, FaceMotion, LLMRequest,
                                  SpeechChunk, TextDelta, Transcript, TurnTimings)
-from avatarchat.pacing import Clock, PlayoutPacer, Stopwatch, monotonic
+from avatarchat.pacing import REAL_CLOCK, AsyncClock, PlayoutPacer, Stopwatch
 from avatarchat.ports import StagePorts
 from avatarchat.sentences import SentenceChunker
 
@@ -54,7 +54,7 @@ class Turn:
     """
 
     def __init__(self, ports: StagePorts, history: Sequence[ChatMessage] = (),
-                 options: TurnOptions = TurnOptions(), clock: Clock = monotonic):
+                 options: TurnOptions = TurnOptions(), clock: AsyncClock = REAL_CLOCK):
         self.ports, self.history, self.options, self.clock = ports, tuple(history), options, clock
         self.timings = TurnTimings()
         self.reply_text = ""

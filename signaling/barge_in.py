@@ -4,7 +4,7 @@ lasted ``min_speech_s``, and let it go on if the sound stops before that (a coug
 Pausing at once is what makes an interruption feel instant (the avatar goes quiet within a chunk
 of the user starting to speak); waiting for ``min_speech_s`` before cancelling the reply is what
 keeps a short noise from throwing the reply away. Fed one VAD probability per chunk, only while the
-avatar is speaking; see signaling/session.py for what each decision does.
+avatar is speaking; see avatarchat/conversation/core.py for what each decision does.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 
 from avatarchat.messages import AvatarChunk, FaceMotion
 from avatarchat.audio import StreamResampler
-from avatarchat.pacing import Clock, MediaClock, monotonic
+from avatarchat.pacing import REAL_CLOCK, AsyncClock, MediaClock
 
 OUT_RATE = 48000
 AUDIO_FRAME_S = 0.02
@@ -32,7 +32,7 @@ class Playout:
     """The reply being played: audio FIFO at 48 kHz and its face-motion frames by reply frame index."""
 
     def __init__(self, fps: int, idle_seed: int = 0, max_buffer_s: float = 30.0,
-                 clock: Clock = monotonic):
+                 clock: AsyncClock = REAL_CLOCK):
         self.fps, self.idle_seed, self.max_buffer_s = fps, idle_seed, max_buffer_s
         self.clock = MediaClock(clock)
         self._audio: deque[np.ndarray] = deque()   # 48 kHz pieces, oldest first
