@@ -140,10 +140,10 @@ class Interruption(Options):
 
 
 class Priority(Options):
-    """CPU priority (Unix nice values) of the service's processes: the Gateway's live media before
+    """CPU priority (Unix nice values) of the service's processes: the Media replicas' live media before
     the model stages, so every session keeps 25 fps when the CPU is short (see avatarchat/priority.py)."""
 
-    media_niceness: int = Field(0, ge=-20, le=19, description="nice value the Gateway replica (which "
+    media_niceness: int = Field(0, ge=-20, le=19, description="nice value each Media replica (which "
                                 "encodes the sessions' audio and video) asks for; going below Ray's worker "
                                 "niceness (15 unless RAY_worker_niceness is set) needs root or CAP_SYS_NICE, "
                                 "else it stays and logs a warning")

@@ -1,6 +1,6 @@
 """CPU priority of the service's processes: live media before model work.
 
-The Gateway replica draws and encodes every session's audio and video on a fixed 25 fps clock; the
+Each Media replica draws and encodes every session's audio and video on a fixed 25 fps clock; the
 model stages only have to stay ahead of playback. When the CPU is short, a frame that misses its
 slot is lost for good while a model step that waits a few milliseconds costs nothing the user
 sees, so media gets the higher priority (docs/architecture.md has the measurements).

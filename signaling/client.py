@@ -42,6 +42,11 @@ PENDING_RETRIES = 3
 MAX_RETRY_WAIT_S = 15.0
 MAX_MOTIONS = 45_000  # faces kept in render=browser: 30 min at 25 fps
 FRAME_SAMPLES = 960  # 20 ms
+# The server sends audio every 20 ms, silence included, for as long as the session lives: this
+# long without any means its process is gone (a lost node, a killed replica), which ICE would only
+# notice after ~30 s of failed consent checks.
+MEDIA_GAP_S = 3.0
+LOST = "the server stopped sending media"
 
 
 class Microphone(MediaStreamTrack):
@@ -141,7 +146,7 @@ class AvatarClient:
                  mouth_box: tuple[int, int, int, int] | None = None, keep_frames: int = 3000,
                  timeout_s: float = 30.0, http_transport: httpx.AsyncBaseTransport | None = None,
                  verify: bool | str | os.PathLike = True, render: str | None = None,
-                 token: str | None = None):
+                 token: str | None = None, media_gap_s: float = MEDIA_GAP_S):
         self.server = server.rstrip("/")
         # sent as "Authorization: Bearer" on every request, as WHIP clients do (access.user_token_env)
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -151,7 +156,7 @@ class AvatarClient:
         # None: the server's default; "browser": no video, the face's motion on a data channel
         self.requested_render = render
         self.render: str | None = None  # what the server chose (the Avatar-Render header)
-        self.keep_frames, self.timeout_s = keep_frames, timeout_s
+        self.keep_frames, self.timeout_s, self.media_gap_s = keep_frames, timeout_s, media_gap_s
         self._http_transport = http_transport  # e.g. httpx.ASGITransport(app) in in-process tests
         self.mic = Microphone()
         self.received = Received()
@@ -217,8 +222,13 @@ class AvatarClient:
         resampler = StreamResampler(RATE)
         while True:
             try:
-                frame = await track.recv()
+                frame = await asyncio.wait_for(track.recv(), self.media_gap_s)
             except MediaStreamError:
+                return
+            except TimeoutError:
+                # as the server's own "closed" event would read; "local": this client decided it
+                self._on_message(json.dumps({"type": "closed", "reason": f"{LOST} for {self.media_gap_s:g} s",
+                                             "local": True}))
                 return
             samples = resampler.feed_frame(frame)
             if len(samples):
