@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from ray import serve
 
@@ -130,7 +131,7 @@ class MediaDeployment:
 
     def diagnostics(self, replica: str | None = None) -> dict:
         peer_connections = self.sessions.live_peer_connections()  # collects garbage: before trimming
-        return {"replica": self.replica, **self.node, **process_stats(trim=True),
+        return {"replica": self.replica, **self.node, "pid": os.getpid(), **process_stats(trim=True),
                 "sessions": len(self.sessions), "peer_connections": peer_connections}
 
     # -- what Serve asks -----------------------------------------------------------------------
