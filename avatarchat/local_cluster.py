@@ -32,6 +32,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])  # the field after the state
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (ppid := parent_of(int(entry.name))) is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
 class ServeCluster:
     def __init__(self, config: Path | dict, num_cpus: int | None = None, num_gpus: int | None = None,
                  extra_env: dict[str, str] | None = None):
@@ -58,6 +80,7 @@ class ServeCluster:
         self.serve_proc: subprocess.Popen | None = None
         self.ray_proc: subprocess.Popen | None = None
         self.side_proc: subprocess.Popen | None = None
+        self.node_procs: list[subprocess.Popen] = []
 
     @property
     def url(self) -> str:
@@ -91,6 +114,58 @@ class ServeCluster:
                 return
             time.sleep(1)
         raise TimeoutError(f"Ray head not up after {timeout_s} s")
+
+    def add_node(self, resources: dict[str, float] | None = None, num_cpus: int = 0,
+                 timeout_s: float = 120) -> subprocess.Popen:
+        """Start another Ray node on this machine that joins this cluster (a blocking `ray start
+        --address` in its own process group: kill_node ends exactly it). Its node address is
+        127.0.0.1 like the head's, so it needs a machine (or network namespace) with only loopback,
+        or RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 in ``extra_env`` (which lets nodes join at all)."""
+        import json
+
+        index = len(self.node_procs) + 1
+        cmd = [str(BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{self.gcs_port}",
+               "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+        if resources:
+            cmd.append(f"--resources={json.dumps(resources)}")
+        log = open(self.workdir / f"ray_node_{index}.log", "wb")
+        proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.node_procs.append(proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start (node {index}) exited:\n"
+                                   f"{(self.workdir / f'ray_node_{index}.log').read_text(errors='replace')[-3000:]}")
+            if self.alive_nodes() >= index + 1:
+                return proc
+            time.sleep(1)
+        raise TimeoutError(f"node {index} did not join within {timeout_s} s")
+
+    def alive_nodes(self) -> int:
+        """Nodes the cluster counts as alive (the "Active:" list of `ray status`)."""
+        out = subprocess.run([str(BIN / "ray"), "status"], env=self.env, capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            return 0
+        active = out.stdout.partition("Active:")[2].partition("Pending:")[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+    @staticmethod
+    def kill_node(proc: subprocess.Popen) -> None:
+        """A node lost at once: SIGKILL to its `ray start`, its raylet and every process they
+        started (the node's workers, replicas included, whatever process group they took)."""
+        doomed = descendants(proc.pid)
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
 
     def start_serve(self) -> None:
         log = open(self.serve_log, "wb")
@@ -159,7 +234,7 @@ class ServeCluster:
         raise TimeoutError(f"side session server not up after {timeout_s} s")
 
     def stop(self) -> None:
-        for proc in (self.side_proc, self.serve_proc, self.ray_proc):
+        for proc in (self.side_proc, self.serve_proc, *self.node_procs, self.ray_proc):
             if proc is None or proc.poll() is not None:
                 continue
             os.killpg(proc.pid, signal.SIGTERM)  # serve run ignores SIGINT in the background
