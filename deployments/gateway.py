@@ -47,7 +47,7 @@ from deployments.handle_ports import HandlePorts
 from signaling import routes as session_routes
 from signaling import web
 from deployments.media_plane import MediaPlane
-from signaling.service import check_ice_secrets, ice_servers
+from avatarchat.webrtc.service import check_ice_secrets, ice_servers
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="avatar-chat", version="0.1.0")

@@ -17,7 +17,7 @@ being deleted there is nothing to drain to: it ends its sessions at once.
 
 Pinning: ``ray_actor_options: {resources: {<name>: 0.001}}`` in the Serve config puts media replicas
 only on nodes started with that resource (the nodes browsers can reach); each replica offers its
-own node's addresses as ICE host candidates (signaling/service.py).
+own node's addresses as ICE host candidates (avatarchat/webrtc/service.py).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from avatarchat.config import ServiceConfig
 from avatarchat.priority import ask_for_priority
 from avatarchat.process_stats import process_stats
 from deployments.handle_ports import HandlePorts
-from signaling.offers import BadOffer
-from signaling.service import SessionService, session_deps
-from signaling.sessions import Full, TooManyPending
+from avatarchat.webrtc.offers import BadOffer
+from avatarchat.webrtc.service import SessionService, session_deps
+from avatarchat.webrtc.sessions import Full, TooManyPending
 
 log = logging.getLogger("ray.serve")
 
@@ -97,7 +97,7 @@ class MediaDeployment:
         self.node = node_of_this_process()
         self.handles = {"asr": asr, "llm": llm, "tts": tts, "avatar": avatar}
         vad = create_backend(config.stage("vad"))
-        end_of_turn = create_backend(config.stage("turn"))
+        end_of_turn = create_backend(config.stage("end_of_turn"))
         self.sessions = SessionService(config.sessions, session_deps(config, HandlePorts(asr, llm, tts, avatar),
                                                                      vad, end_of_turn), owner=self.replica)
         log.info("media replica %s on node %s: up to %d sessions, ICE host addresses %s", self.replica,

@@ -18,8 +18,8 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
 from avatarchat.config import Sessions as SessionOptions
-from signaling.offers import BadOffer
-from signaling.sessions import Full, TooManyPending, owner_of
+from avatarchat.webrtc.offers import BadOffer
+from avatarchat.webrtc.sessions import Full, TooManyPending, owner_of
 
 log = logging.getLogger("ray.serve")
 

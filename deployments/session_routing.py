@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from signaling.sessions import owner_of
+from avatarchat.webrtc.sessions import owner_of
 
 # How long a session this router placed is counted against its replica before the replica's own
 # routing stats (sent every request_routing_stats_period_s) are trusted to include it.

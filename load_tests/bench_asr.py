@@ -23,7 +23,7 @@ from avatarchat.audio import read_wav
 from avatarchat.backends.base import create_backend, package_dir
 from avatarchat.config import parse_stage
 from avatarchat.messages import AudioChunk
-from avatarchat.wer import wer
+from load_tests.measures.wer import wer
 from load_tests.report import emit, machine, summary
 
 QUESTIONS = ["Hello!", "What colour is the sky?", "Where do you live?", "Can you tell me a joke?",

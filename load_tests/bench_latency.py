@@ -4,7 +4,7 @@ audio/video offset of what is received, and the server's per-stage breakdown.
     python -m load_tests.bench_latency [--server URL] [--rounds 3] [--no-interrupt]
                                        [--render browser] [--json out.json] [--png out.png]
 
-Each round connects one session with the Python client (signaling/client.py, loopback only) and
+Each round connects one session with the Python client (avatarchat/client/avatar_client.py, loopback only) and
 speaks each input into its microphone in real time: a real human recording (beckett.wav from
 moonshine-voice) and questions spoken by the TTS (load_tests/bench_turn.inputs). After each it waits
 for the reply to finish (the avatar's final transcript, state "listening", the received audio quiet).
@@ -27,12 +27,12 @@ Measured (client monotonic clock; audio judged in 10 ms windows, sounding when R
   first silence in the received audio after it (a run of silent windows of >= 100 ms that also lasts
   >= 0.5 s, so a pause between sentences is not taken for the stop). server_cancel_seen_s: from the
   same start to the first "state" event after it, as received over the data channel: the server's
-  decision to cancel the reply (signaling/barge_in.py pauses the audio at the first voiced chunk and
+  decision to cancel the reply (avatarchat/conversation/barge_in.py pauses the audio at the first voiced chunk and
   cancels once the voice has lasted min_speech_s, so this is expected to come after the silence).
   A trial where the long reply finished by itself first (interrupted: false) has neither.
 - av_offset_s: per round, the lag of the mouth's movement (mouth-box crops of the received video;
   with --render browser the received mouth_open values) behind the received audio envelope, by
-  cross-correlation (avatarchat/lipsync.py); positive: the mouth is late. av_correlation is the
+  cross-correlation (load_tests/measures/lipsync.py); positive: the mouth is late. av_correlation is the
   lip-sync score: how well the mouth follows the sound's energy at that lag. Since 2026-11-27 both
   signals are high-passed (less their 1 s moving average) before correlating, so the head's idle
   sway no longer counts against the score; scores recorded before that are unfiltered.
@@ -56,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarchat.latency import THRESHOLD, received_windows, silence_onset, sound_onset, sound_span
-from avatarchat.lipsync import lip_sync
+from load_tests.measures.latency import THRESHOLD, received_windows, silence_onset, sound_onset, sound_span
+from load_tests.measures.lipsync import lip_sync
 from avatarchat.local_cluster import ROOT
 from load_tests.conversation import STORY, is_reply_done, is_user, state_events, wait_answered, wait_sent
 
@@ -154,7 +154,7 @@ async def barge_in(client, barge: tuple[str, np.ndarray, int], threshold: float)
 async def one_round(server: str, round_no: int, cases, barge, threshold: float, interrupt: bool,
                     render: str | None = None) -> dict:
     from avatarchat.avatar.pack import AvatarPack
-    from signaling.client import AvatarClient
+    from avatarchat.client.avatar_client import AvatarClient
 
     client = AvatarClient(server, host_addresses=LOOPBACK, keep_frames=12000,
                           mouth_box=AvatarPack.load("astronaut").regions["mouth_box"], render=render)

@@ -4,7 +4,7 @@
                                         [--placement replica,replica-priority,side-process]
                                         [--json out.json] [--png out.png]
 
-Each round opens N sessions with the Python client (signaling/client.py), lets them idle a second,
+Each round opens N sessions with the Python client (avatarchat/client/avatar_client.py), lets them idle a second,
 then every session speaks a different question into its microphone at the same moment (a real
 human recording and TTS-spoken questions), so N replies are rendered, encoded and sent together
 while the models work: the worst case for the video sender. For each session it records the video
@@ -33,7 +33,7 @@ from avatarchat.config import load_serve_config
 from avatarchat.local_cluster import ROOT, ServeCluster
 from load_tests.bench_turn import inputs
 from load_tests.report import emit, machine
-from signaling.client import AvatarClient
+from avatarchat.client.avatar_client import AvatarClient
 
 LOOPBACK = ["127.0.0.1"]
 

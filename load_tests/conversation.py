@@ -1,7 +1,7 @@
 """One simulated user's conversation over a real WebRTC session, and the checks on every turn.
 
 What the Locust users (load_tests/locustfile.py) and the soak (load_tests/soak.py) run per user, with
-the project's Python client (signaling/client.py): open a session, speak recorded utterances into
+the project's Python client (avatarchat/client/avatar_client.py): open a session, speak recorded utterances into
 the microphone in real time, wait for the whole reply (audio and video), optionally talk over a long
 reply, hang up. Each step returns what it measured and, for a turn, why it failed if it did:
 
@@ -11,7 +11,7 @@ reply, hang up. Each step returns what it measured and, for a turn, why it faile
 - the reply had no sounding audio, or more sounding audio arrived than the reply itself lasted, or
   audio sounded while this session's avatar had nothing to say (another session's audio in ours).
 
-Times are the client's monotonic clock; audio is judged in 10 ms windows (avatarchat/latency.py).
+Times are the client's monotonic clock; audio is judged in 10 ms windows (load_tests/measures/latency.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarchat.latency import THRESHOLD, WINDOW_S, received_windows, silence_onset, sound_onset, sound_span
+from load_tests.measures.latency import THRESHOLD, WINDOW_S, received_windows, silence_onset, sound_onset, sound_span
 
 QUESTIONS = ("What is your name?", "What colour is the sky?", "Can you tell me a joke?",
              "How are you today?", "Where do you live?", "What is your favourite food?")
@@ -194,7 +194,7 @@ class Conversation:
     async def open(self) -> float:
         """Connect; returns seconds from the offer to the first face received (a video frame, or
         a motion packet in render=browser)."""
-        from signaling.client import AvatarClient
+        from avatarchat.client.avatar_client import AvatarClient
 
         self.client = AvatarClient(self.server, host_addresses=self.host_addresses, keep_frames=0,
                                    timeout_s=min(self.timeout_s, 30.0), render=self.render)

@@ -19,7 +19,7 @@ Steps, each reported in the JSON it prints:
    that were not the user's own (load_tests/conversation.py's checks);
 3. node loss: with sessions on both nodes, one media node is killed (SIGKILL to its raylet and
    its processes): its clients get a ``closed`` event within seconds (the client sees its media stop:
-   signaling/client.py), the other node's sessions go on answering, and a new session lands on the
+   avatarchat/client/avatar_client.py), the other node's sessions go on answering, and a new session lands on the
    survivor;
 4. replica loss: the LLM replica is killed while it streams a reply: that turn ends with an
    ``error`` naming the llm stage, and once Serve has replaced the replica the next turn works.
@@ -76,7 +76,7 @@ async def get(url: str, path: str) -> dict:
 
 
 async def open_session(url: str):
-    from signaling.client import AvatarClient
+    from avatarchat.client.avatar_client import AvatarClient
 
     # render=browser: no video to encode, so two cores can carry three Ray nodes and the models
     return await AvatarClient(url, host_addresses=LOOPBACK, render="browser").connect()
@@ -89,7 +89,7 @@ async def ask(client, text: str, timeout_s: float = 120) -> dict:
 
 
 async def step_spread(url: str) -> tuple[dict, list]:
-    from signaling.sessions import owner_of
+    from avatarchat.webrtc.sessions import owner_of
 
     replicas = (await get(url, "/v1/sessions"))["replicas"]
     node_of = {r["replica"]: r["node_id"] for r in replicas}
@@ -138,7 +138,7 @@ async def wait_until(predicate, timeout_s: float, every_s: float = 0.5):
 
 async def step_node_loss(url: str, cluster: ServeCluster, clients: list) -> dict:
     """Kill the media node holding the first client's session."""
-    from signaling.sessions import owner_of
+    from avatarchat.webrtc.sessions import owner_of
 
     diag = await get(url, "/v1/diagnostics")
     media = {m["replica"]: m for m in diag["media"]}

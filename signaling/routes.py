@@ -14,7 +14,7 @@ Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.ma
 ``sessions.max_pending_per_client`` sessions that have not connected, 503 + Retry-After when full,
 404 unknown session.
 
-The routes talk to a ``SessionPlane``: the sessions of this process (signaling.service.SessionService)
+The routes talk to a ``SessionPlane``: the sessions of this process (avatarchat.webrtc.service.SessionService)
 or the Media replicas behind the Gateway (deployments/media_plane.py); both answer alike.
 """
 
@@ -27,8 +27,8 @@ from fastapi import Request, Response
 from avatarchat.config import Sessions as SessionOptions
 from avatarchat.errors import BadInput
 from avatarchat.http_io import json_error, media_type, read_body
-from signaling.offers import BadOffer
-from signaling.sessions import Full, TooManyPending
+from avatarchat.webrtc.offers import BadOffer
+from avatarchat.webrtc.sessions import Full, TooManyPending
 
 
 class SessionPlane(Protocol):

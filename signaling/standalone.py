@@ -22,7 +22,7 @@ from avatarchat.backends.base import create_backend
 from avatarchat.config import app_args_from_serve_config, parse_config
 from deployments.handle_ports import HandlePorts
 from signaling import routes, web
-from signaling.service import SessionService, session_deps
+from avatarchat.webrtc.service import SessionService, session_deps
 
 
 def build(config_path: str, app_name: str = "avatar", host: str = "127.0.0.1") -> FastAPI:
@@ -30,7 +30,7 @@ def build(config_path: str, app_name: str = "avatar", host: str = "127.0.0.1") -
     policy = load_policy(config.access, host, config_path)  # the Gateway's tokens and refusals
     handles = [serve.get_deployment_handle(name, app_name) for name in ("ASR", "LLM", "TTS", "Avatar")]
     service = SessionService(config.sessions, session_deps(
-        config, HandlePorts(*handles), create_backend(config.stage("vad")), create_backend(config.stage("turn"))))
+        config, HandlePorts(*handles), create_backend(config.stage("vad")), create_backend(config.stage("end_of_turn"))))
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield

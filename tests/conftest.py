@@ -72,6 +72,6 @@ def hibari_tts():
 @pytest.fixture(scope="session")
 def smart_turn():
     """Smart Turn v3.2 end-of-turn model from the pipecat-ai wheel."""
-    backend = _backend("turn", "smart_turn")
+    backend = _backend("end_of_turn", "smart_turn")
     yield backend
     backend.close()

@@ -7,8 +7,8 @@ import threading
 import time
 import uuid
 
-from avatarchat.lipsync import mouth_change, sound_to_mouth_lag
-from avatarchat.wer import edit_distance, normalise_words, wer
+from load_tests.measures.lipsync import mouth_change, sound_to_mouth_lag
+from load_tests.measures.wer import edit_distance, normalise_words, wer
 
 __all__ = ["OpenAIServer", "edit_distance", "mouth_change", "normalise_words", "sound_to_mouth_lag", "wer"]
 

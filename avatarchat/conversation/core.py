@@ -54,8 +54,8 @@ from avatarchat.pacing import REAL_CLOCK, AsyncClock, deadline
 from avatarchat.ports import StagePorts
 from avatarchat.segmenter import SpeechEnded, SpeechStarted
 from avatarchat.turn import Turn, TurnOptions
-from signaling.barge_in import BargeIn, BargeInDetector
-from signaling.playout import Playout
+from avatarchat.conversation.barge_in import BargeIn, BargeInDetector
+from avatarchat.conversation.playout import Playout
 
 S = ConversationState
 # States in which a reply is audible (or held), so voice over it is watched.
@@ -158,7 +158,7 @@ class Conversation:
     # -- the user's voice --------------------------------------------------------------------
     def _watch_talk_over(self, probability: float) -> None:
         """Voice while the avatar speaks pauses it at once and cuts it after
-        ``interruption.min_speech_ms``; a shorter sound lets it go on (signaling/barge_in.py)."""
+        ``interruption.min_speech_ms``; a shorter sound lets it go on (avatarchat/conversation/barge_in.py)."""
         if self.state not in _REPLY_PLAYING:
             self._talk_over.reset()
             return

@@ -218,7 +218,7 @@
       requestAnimationFrame(tick);
     }
 
-    // one packet of the "motion" channel (signaling/motion_channel.py): uint32 k, uint8 flags, float32s
+    // one packet of the "motion" channel (avatarchat/webrtc/motion_channel.py): uint32 k, uint8 flags, float32s
     onPacket(buffer) {
       const view = new DataView(buffer);
       const n = this.renderer.fields.length;

@@ -23,7 +23,7 @@ import pytest
 from avatarchat.audio import encode_wav, read_wav, resample
 from avatarchat.avatar.pack import AvatarPack
 from avatarchat.local_cluster import ROOT
-from signaling.client import AvatarClient, SessionRefused
+from avatarchat.client.avatar_client import AvatarClient, SessionRefused
 from tests.conftest import BECKETT_TEXT
 from tests.helpers import mouth_change, wer
 

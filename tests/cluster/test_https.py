@@ -9,7 +9,7 @@ import yaml
 
 from avatarchat.client.cert import write_pair
 from avatarchat.local_cluster import ROOT, ServeCluster
-from signaling.client import AvatarClient, SessionRefused
+from avatarchat.client.avatar_client import AvatarClient, SessionRefused
 from tests.cluster.test_browser import browser_page, chromium, mic_wav  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
@@ -94,7 +94,7 @@ async def test_offers_that_never_connect_are_bounded_per_client_address(https_se
     still connecting is refused (429) while the server still has room for others."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from signaling.service import use_host_addresses
+    from avatarchat.webrtc.service import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])
     service, _ = https_service

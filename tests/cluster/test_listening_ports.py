@@ -239,7 +239,7 @@ def check_bindings(found: list[Listener], *, node_ip: str, http_port: int, metri
 # -- the shared service -------------------------------------------------------------------------
 
 async def test_shared_service_listens_on_loopback_only(service):
-    from signaling.client import AvatarClient
+    from avatarchat.client.avatar_client import AvatarClient
 
     client = AvatarClient(service.url, host_addresses=["127.0.0.1"])
     await client.connect()

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from avatarchat.local_cluster import ServeCluster
-from signaling.client import AvatarClient, SessionRefused
-from signaling.sessions import owner_of
+from avatarchat.client.avatar_client import AvatarClient, SessionRefused
+from avatarchat.webrtc.sessions import owner_of
 from tests.cluster.conftest import cluster_serve_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.models, pytest.mark.timeout(420)]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from avatarchat.avatar.pack import AvatarPack
-from avatarchat.lipsync import sounding
-from signaling.client import AvatarClient, SessionRefused
+from load_tests.measures.lipsync import sounding
+from avatarchat.client.avatar_client import AvatarClient, SessionRefused
 from tests.conftest import BECKETT_TEXT
 from tests.helpers import mouth_change, normalise_words, sound_to_mouth_lag
 

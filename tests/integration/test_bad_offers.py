@@ -11,8 +11,8 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from signaling import service as service_module
-from signaling.client import SessionRefused
+from avatarchat.webrtc import service as service_module
+from avatarchat.client.avatar_client import SessionRefused
 from tests.integration.test_sessions_local import client_for, make_app
 
 pytestmark = pytest.mark.timeout(120)

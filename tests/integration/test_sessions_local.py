@@ -17,9 +17,9 @@ from avatarchat.backends.base import create_backend
 from avatarchat.config import parse_config
 from avatarchat.ports import LocalPorts
 from signaling import routes
-from signaling.client import AvatarClient, SessionRefused
-from signaling.service import SessionService, session_deps
-from signaling.sessions import session_tag
+from avatarchat.client.avatar_client import AvatarClient, SessionRefused
+from avatarchat.webrtc.service import SessionService, session_deps
+from avatarchat.webrtc.sessions import session_tag
 from tests.helpers import mouth_change, sound_to_mouth_lag
 
 pytestmark = pytest.mark.timeout(120)
@@ -124,7 +124,7 @@ def dcep_open(label: bytes) -> bytes:
 async def test_hostile_bytes_on_the_events_channel_are_answered_and_the_session_carries_on():
     """Each of these once ended the session without a word: json's RecursionError out of the
     message handler, aiortc 1.16's UnicodeDecodeError and asserts in its SCTP receive loop (which
-    end the whole DTLS transport, media included; signaling/sctp_guard.py)."""
+    end the whole DTLS transport, media included; avatarchat/webrtc/sctp_guard.py)."""
     app, service = make_app()
     client = client_for(app)
     await client.connect()
@@ -157,7 +157,7 @@ async def test_hostile_bytes_on_the_events_channel_are_answered_and_the_session_
 async def test_a_failure_of_ours_on_a_message_is_answered_and_the_session_carries_on(monkeypatch):
     """pyee re-raises a handler's exception inside aiortc's receive loop when nothing handles its
     "error" event, ending the transport: the session's handler must never raise."""
-    from signaling import session as session_module
+    from avatarchat.webrtc import session as session_module
 
     app, service = make_app()
     client = client_for(app)
@@ -300,7 +300,7 @@ async def test_a_hang_up_cut_short_still_closes_the_peer_connection():
 async def test_a_peer_connection_slow_to_close_is_waited_for_a_while_and_still_closed(monkeypatch):
     """The reaper waits for a peer connection's close only so long; past that, the close must go
     on, not be cut short."""
-    from signaling import session as session_module
+    from avatarchat.webrtc import session as session_module
 
     monkeypatch.setattr(session_module, "PC_CLOSE_WAIT_S", 0.2)
     app, service = make_app()
@@ -486,7 +486,7 @@ async def test_browser_render_sends_motion_in_step_with_the_sound_and_no_video()
         assert frames == sorted(frames)  # unordered channel, but loopback keeps order; no repeats
         mouth = np.array([m.mouth_open for _, _, m in r.motions])
         assert mouth.max() > 0.5 and mouth[:20].max() == 0.0  # speaks, and was closed while idle
-        from avatarchat.lipsync import lip_sync
+        from load_tests.measures.lipsync import lip_sync
 
         lag, corr = lip_sync(r)
         assert corr > 0.5 and abs(lag) <= 0.08, (lag, corr)

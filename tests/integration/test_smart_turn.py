@@ -22,7 +22,7 @@ import pytest
 
 from avatarchat.audio import resample
 from avatarchat.backends.base import create_backend, package_dir
-from avatarchat.backends.turn.smart_turn import WINDOW_SAMPLES, fit_window, log_mel
+from avatarchat.backends.end_of_turn.smart_turn import WINDOW_SAMPLES, fit_window, log_mel
 from avatarchat.config import parse_stage
 from avatarchat.end_of_turn import find_turns
 from avatarchat.errors import StageLoadError
@@ -190,5 +190,5 @@ def test_time_per_call(smart_turn, say):
 
 def test_missing_model_file_names_the_stage(tmp_path):
     with pytest.raises(StageLoadError, match="turn") as err:
-        create_backend(parse_stage("test", "turn", {"model_path": str(tmp_path / "none.onnx")}))
+        create_backend(parse_stage("test", "end_of_turn", {"model_path": str(tmp_path / "none.onnx")}))
     assert "Smart Turn" in str(err.value)

@@ -13,8 +13,8 @@ from aioice import Connection
 from avatarchat.config import parse_config
 from avatarchat.errors import ConfigError
 from avatarchat.local_cluster import free_port
-from signaling.service import check_ice_secrets, ice_configuration, ice_servers, use_host_addresses
-from signaling.turn_credentials import time_limited_credential
+from avatarchat.webrtc.service import check_ice_secrets, ice_configuration, ice_servers, use_host_addresses
+from avatarchat.webrtc.turn_credentials import time_limited_credential
 
 pytestmark = pytest.mark.timeout(120)
 

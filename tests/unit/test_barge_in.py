@@ -1,4 +1,4 @@
-from signaling.barge_in import BargeIn, BargeInDetector
+from avatarchat.conversation.barge_in import BargeIn, BargeInDetector
 
 
 def detector(**kw):

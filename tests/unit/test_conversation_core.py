@@ -20,7 +20,7 @@ from avatarchat.events import ReplyDone, StateChanged
 from avatarchat.messages import AudioChunk, AvatarChunk, TextDelta, Transcript, TurnTimings
 from avatarchat.pacing import VirtualClock, deadline
 from avatarchat.ports import LocalPorts
-from signaling.playout import AUDIO_FRAME_S
+from avatarchat.conversation.playout import AUDIO_FRAME_S
 
 pytestmark = pytest.mark.timeout(20)
 

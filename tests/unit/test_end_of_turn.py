@@ -114,7 +114,7 @@ def test_no_turn_model_is_the_plain_segmenter():
 
 
 def test_vad_only_backend_keeps_vad_end_ms():
-    vad_only = create_backend(parse_stage("test", "turn", {"backend": "vad_only"}))
+    vad_only = create_backend(parse_stage("test", "end_of_turn", {"backend": "vad_only"}))
     assert vad_only.completion(np.zeros(10, np.float32)) == 1.0
 
     class Vad:
@@ -134,7 +134,7 @@ def test_factory_reads_the_turn_options():
         options = parse_stage("test", "vad", {}).options
 
     class Turn(FakeTurn):
-        options = parse_stage("test", "turn", {"threshold": 0.7, "pause_ms": 300,
+        options = parse_stage("test", "end_of_turn", {"threshold": 0.7, "pause_ms": 300,
                                                "max_pause_ms": 1200}).options
 
     eot = end_of_turn_for(Vad(), Turn(0.5), max_utterance_s=30)
@@ -146,9 +146,9 @@ def test_turn_options_are_validated():
     from avatarchat.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_pause_ms"):
-        parse_stage("test", "turn", {"pause_ms": 500, "max_pause_ms": 200})
-    with pytest.raises(ConfigError, match="stages.turn.backend"):
-        parse_stage("test", "turn", {"backend": "nope"})
+        parse_stage("test", "end_of_turn", {"pause_ms": 500, "max_pause_ms": 200})
+    with pytest.raises(ConfigError, match="stages.end_of_turn.backend"):
+        parse_stage("test", "end_of_turn", {"backend": "nope"})
 
 
 def test_max_utterance_still_cuts():
@@ -204,3 +204,11 @@ def test_find_turns_with_fake_backends():
     assert len(spans) == 1 and spans[0].rule == "model"
     assert spans[0].start_s == pytest.approx(0.5, abs=0.04)
     assert spans[0].end_s == pytest.approx(3.3, abs=0.04)
+
+
+def test_the_old_stage_name_says_what_it_is_now():
+    from avatarchat.config import parse_config
+    from avatarchat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stages.turn: renamed: the end-of-turn stage is stages.end_of_turn"):
+        parse_config({"stages": {"turn": {"backend": "vad_only"}}})

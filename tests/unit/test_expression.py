@@ -12,8 +12,8 @@ from avatarchat.avatar.pack import AvatarPack
 from avatarchat.avatar.renderer import PortraitRenderer
 from avatarchat.backends.avatar.portrait import PortraitAvatar
 from avatarchat.messages import AnimateRequest, AudioChunk, FaceMotion, SpeechChunk
-from signaling import motion_channel
-from signaling.playout import Playout
+from avatarchat.webrtc import motion_channel
+from avatarchat.conversation.playout import Playout
 
 
 @pytest.mark.parametrize("raw, name", [("HAPPY", "happy"), ("<|SAD|>", "sad"), ("Surprised", "surprised"),

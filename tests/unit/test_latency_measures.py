@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from avatarchat.latency import received_windows, silence_onset, sound_onset, sound_span
-from avatarchat.lipsync import envelope_lag
+from load_tests.measures.latency import received_windows, silence_onset, sound_onset, sound_span
+from load_tests.measures.lipsync import envelope_lag
 
 RATE = 48000
 
@@ -103,7 +103,7 @@ def test_av_lag_of_a_short_reply_is_not_drowned_by_the_slow_head_sway():
 def test_the_microphone_records_when_each_queued_sample_went_out():
     import asyncio
 
-    from signaling.client import FRAME_SAMPLES, Microphone
+    from avatarchat.client.avatar_client import FRAME_SAMPLES, Microphone
 
     async def run():
         mic = Microphone()
@@ -127,7 +127,7 @@ def test_frames_while_the_voice_is_heard():
     """sounding(): a frame counts while loud audio arrives near it, not in a pause or after."""
     from types import SimpleNamespace
 
-    from avatarchat.lipsync import sounding
+    from load_tests.measures.lipsync import sounding
 
     t_audio = np.arange(0, 3, 0.02)                         # 20 ms pieces for 3 s
     loud = (t_audio < 1.0) | ((t_audio >= 2.0) & (t_audio < 2.5))  # voice, a pause, voice, silence

@@ -103,7 +103,7 @@ def test_rest_frames_are_identical(renderer):
 def test_a_minute_of_idle_video_shows_blinks_in_the_eyes(renderer, pack):
     """The idle face a session shows (Playout with nothing queued), drawn for 60 s at 25 fps: the
     eye regions darken and recover 10..30 times (a blink every 2..6 s), the mouth stays shut."""
-    from signaling.playout import Playout
+    from avatarchat.conversation.playout import Playout
 
     playout = Playout(fps=25, idle_seed=7)
     eyes = [pack.regions["right_eye_box"], pack.regions["left_eye_box"]]
@@ -124,12 +124,12 @@ def test_a_minute_of_idle_video_shows_blinks_in_the_eyes(renderer, pack):
 
 
 def test_mouth_change_tells_speech_from_the_idle_sway(renderer, pack):
-    """The cluster tests judge a talking mouth by frame-to-frame change (avatarchat.lipsync): the
+    """The cluster tests judge a talking mouth by frame-to-frame change (load_tests.measures.lipsync): the
     idle head sway over seconds moves the mouth crop, but little between two frames."""
     from dataclasses import replace
 
     from avatarchat.avatar.motion import idle_motion
-    from avatarchat.lipsync import mouth_change
+    from load_tests.measures.lipsync import mouth_change
 
     x0, y0, x1, y1 = pack.regions["mouth_box"]
     times = [i / 25 for i in range(100)]

@@ -5,7 +5,7 @@ import pytest
 
 from avatarchat.config import parse_config
 from avatarchat.errors import ConfigError
-from signaling.service import BadOffer, check_offer, ice_configuration, ice_servers, use_host_addresses
+from avatarchat.webrtc.service import BadOffer, check_offer, ice_configuration, ice_servers, use_host_addresses
 
 
 def test_defaults_are_private_and_bounded():

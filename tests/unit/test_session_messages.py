@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from avatarchat.messages import AudioChunk, AvatarChunk, FaceMotion
-from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
-from signaling.playout import AUDIO_FRAME_SAMPLES, Playout
-from signaling.session import merge_utterances
+from avatarchat.webrtc.client_messages import BadMessage, Interrupt, TextInput, parse_client_message
+from avatarchat.conversation.playout import AUDIO_FRAME_SAMPLES, Playout
+from avatarchat.webrtc.session import merge_utterances
 
 
 def test_text_and_interrupt_parse():

@@ -8,7 +8,7 @@ import pytest
 
 from deployments.session_autoscaling import SessionAutoscaling, replicas_for, total_sessions
 from deployments.session_routing import ReplicaLoad, rank_for_new_session, target_replica
-from signaling.sessions import new_session_id, owner_of
+from avatarchat.webrtc.sessions import new_session_id, owner_of
 
 
 def test_a_session_id_names_its_owner_and_is_unguessable():

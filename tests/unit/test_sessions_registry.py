@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 from avatarchat.config import Sessions
-from signaling.sessions import Full, SessionRegistry
+from avatarchat.webrtc.sessions import Full, SessionRegistry
 
 
 class FakeClock:

@@ -31,7 +31,7 @@ from avatarchat.backends.asr.base import ASRBackend
 from avatarchat.backends.base import model_path, require_file
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk, Transcript
-from avatarchat.wer import normalise_words
+from avatarchat.words import normalise_words
 
 
 # Tokens a short-window decode may produce (9 s of fast speech is ~40): more means a loop.

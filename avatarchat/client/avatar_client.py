@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from avatarchat.audio import StreamResampler, read_wav, resample, to_pcm16
 from avatarchat.messages import FaceMotion
-from signaling import motion_channel
+from avatarchat.webrtc import motion_channel
 
 RATE = 48000
 # A 429 (this address has sessions.max_pending_per_client sessions still connecting: several
@@ -175,7 +175,7 @@ class AvatarClient:
     # -- connecting ------------------------------------------------------------------------------
     async def connect(self) -> "AvatarClient":
         if self.host_addresses:
-            from signaling.service import use_host_addresses
+            from avatarchat.webrtc.service import use_host_addresses
 
             use_host_addresses(self.host_addresses)
         t0 = time.monotonic()

@@ -20,11 +20,11 @@ from avatarchat.config import ServiceConfig, Sessions as SessionOptions
 from avatarchat.errors import ConfigError
 from avatarchat.metrics import session_metrics
 from avatarchat.ports import StagePorts
-from signaling import sctp_guard
-from signaling.offers import UNANSWERABLE, BadOffer, check_offer
-from signaling.session import Session, SessionDeps
-from signaling.sessions import Full, SessionRegistry, TooManyPending, new_session_id
-from signaling.turn_credentials import time_limited_credential
+from avatarchat.webrtc import sctp_guard
+from avatarchat.webrtc.offers import UNANSWERABLE, BadOffer, check_offer
+from avatarchat.webrtc.session import Session, SessionDeps
+from avatarchat.webrtc.sessions import Full, SessionRegistry, TooManyPending, new_session_id
+from avatarchat.webrtc.turn_credentials import time_limited_credential
 
 log = logging.getLogger("ray.serve")
 
@@ -43,7 +43,7 @@ def ice_servers(options: SessionOptions, now: float | None = None) -> list[dict]
     """``sessions.ice_servers`` in the shape of the browser's RTCIceServer (``urls``, ``username``,
     ``credential``): a fixed TURN password read from its environment variable, or, with
     ``secret_env``, a fresh time-limited user name and password at each call
-    (signaling/turn_credentials.py). Only resolved values leave this function: never the names of
+    (avatarchat/webrtc/turn_credentials.py). Only resolved values leave this function: never the names of
     environment variables, never the shared secret."""
     servers = []
     for s in options.ice_servers:

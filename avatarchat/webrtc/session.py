@@ -34,11 +34,11 @@ from avatarchat.metrics import NoMetrics, SessionMetrics
 from avatarchat.pacing import REAL_CLOCK, AsyncClock
 from avatarchat.ports import StagePorts
 from avatarchat.rate_limit import TokenBucket
-from signaling import motion_channel
-from signaling.messages import BadMessage, Interrupt, TextInput, parse_client_message
-from signaling.playout import Playout
-from signaling.sessions import session_tag
-from signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
+from avatarchat.webrtc import motion_channel
+from avatarchat.webrtc.client_messages import BadMessage, Interrupt, TextInput, parse_client_message
+from avatarchat.conversation.playout import Playout
+from avatarchat.webrtc.sessions import session_tag
+from avatarchat.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 __all__ = ["Session", "SessionDeps", "TurnClock", "merge_utterances"]  # the last two: from the core
 
@@ -73,7 +73,7 @@ class SessionDeps:
     sessions: Sessions = Sessions()
     interruption: Interruption = Interruption()
     metrics: SessionMetrics | NoMetrics = NoMetrics()
-    turn: object | None = None  # a loaded end-of-turn backend (stage "turn"); None: the VAD alone
+    turn: object | None = None  # a loaded end-of-turn backend (stage "end_of_turn"); None: the VAD alone
     clock: AsyncClock = REAL_CLOCK
 
 

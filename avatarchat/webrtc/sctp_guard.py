@@ -7,7 +7,7 @@ channels, without a word to the client. Peer bytes raise there in two ways (a li
 - a string message (PPID 51, WEBRTC_STRING) that is not UTF-8: ``data.decode("utf8")`` raises
   UnicodeDecodeError. The guard hands such a message on as a binary one (PPID 53), its bytes as
   they came: the session already answers bytes that are not UTF-8 text with an ``error`` event
-  (signaling/messages.py), and a channel nobody reads drops it as before.
+  (avatarchat/webrtc/client_messages.py), and a channel nobody reads drops it as before.
 - a malformed control message (PPID 50, DCEP): an OPEN whose label or protocol is not UTF-8, an
   OPEN for a stream already open, an ACK for no channel (asserts). Each is checked before aiortc
   changes anything, so the guard drops it: the peer's channel simply never opens.

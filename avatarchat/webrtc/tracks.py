@@ -13,7 +13,7 @@ from aiortc import MediaStreamTrack
 
 from avatarchat.audio import to_pcm16
 from avatarchat.avatar.renderer import PortraitRenderer
-from signaling.playout import AUDIO_FRAME_S, AUDIO_FRAME_SAMPLES, OUT_RATE, Playout
+from avatarchat.conversation.playout import AUDIO_FRAME_S, AUDIO_FRAME_SAMPLES, OUT_RATE, Playout
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, OUT_RATE)

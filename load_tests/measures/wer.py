@@ -3,14 +3,7 @@ re-exports it) and by load_tests/bench_asr.py."""
 
 from __future__ import annotations
 
-import re
-
-
-def normalise_words(text: str) -> list[str]:
-    """Lower case, punctuation dropped (apostrophes inside words kept), split on whitespace."""
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"[^\w\s']", " ", text)
-    return [w.strip("'") for w in text.split() if w.strip("'")]
+from avatarchat.words import normalise_words
 
 
 def edit_distance(a: list, b: list) -> int:

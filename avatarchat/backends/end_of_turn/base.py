@@ -5,7 +5,7 @@ sentence, a falling intonation) rather than paused to think. :class:`avatarchat.
 asks it after a short pause and ends the utterance there when it says yes, so a finished question is
 answered fast and a thinking pause does not cut the user off.
 
-Like VAD, the turn model runs beside the session's audio in the Gateway, not as a Serve deployment
+Like VAD, the end-of-turn model runs beside the session's audio in the Media replica, not as a Serve deployment
 (one call is ~10 ms; see docs/architecture.md, "End of turn").
 """
 
@@ -17,7 +17,7 @@ from avatarchat.backends.base import Backend
 
 
 class TurnBackend(Backend):
-    stage = "turn"
+    stage = "end_of_turn"
     sample_rate: int = 16000
     # False for a backend that never decides (vad_only): then the VAD's own end_ms alone ends turns.
     uses_model: bool = True

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from avatarchat.backends.base import model_path, package_dir
-from avatarchat.backends.turn.base import TurnBackend
+from avatarchat.backends.end_of_turn.base import TurnBackend
 from avatarchat.config import Options
 
 SAMPLE_RATE = 16000

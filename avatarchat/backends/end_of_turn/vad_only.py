@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from avatarchat.backends.turn.base import TurnBackend
+from avatarchat.backends.end_of_turn.base import TurnBackend
 from avatarchat.config import Options
 
 
