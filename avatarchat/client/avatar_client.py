@@ -167,6 +167,8 @@ class AvatarClient:
         self._channel_open = asyncio.Event()
         self._event_added = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._last_audio_at = 0.0
+        self._media_timer: asyncio.TimerHandle | None = None
 
     def _http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=self.timeout_s, transport=self._http_transport, verify=self.verify,
@@ -220,20 +222,32 @@ class AvatarClient:
 
     async def _read_audio(self, track) -> None:
         resampler = StreamResampler(RATE)
+        self._last_audio_at = time.monotonic()
+        self._watch_media(self.media_gap_s)
         while True:
             try:
-                frame = await asyncio.wait_for(track.recv(), self.media_gap_s)
+                frame = await track.recv()
             except MediaStreamError:
                 return
-            except TimeoutError:
-                # as the server's own "closed" event would read; "local": this client decided it
-                self._on_message(json.dumps({"type": "closed", "reason": f"{LOST} for {self.media_gap_s:g} s",
-                                             "local": True}))
-                return
+            self._last_audio_at = time.monotonic()
             samples = resampler.feed_frame(frame)
             if len(samples):
                 self.received.audio.append(samples)
                 self.received.audio_times.append(time.monotonic())
+
+    def _watch_media(self, delay: float) -> None:
+        """A deadline, moved on as audio arrives: it fires once per media_gap_s at most (a
+        wait_for around every 20 ms frame cost a task and a timer per frame)."""
+        self._media_timer = asyncio.get_running_loop().call_later(delay, self._check_media)
+
+    def _check_media(self) -> None:
+        quiet = time.monotonic() - self._last_audio_at
+        if quiet < self.media_gap_s:
+            self._watch_media(self.media_gap_s - quiet)
+            return
+        # as the server's own "closed" event would read; "local": this client decided it
+        self._on_message(json.dumps({"type": "closed", "reason": f"{LOST} for {self.media_gap_s:g} s",
+                                     "local": True}))
 
     async def _read_video(self, track) -> None:
         r = self.received
@@ -345,6 +359,8 @@ class AvatarClient:
         await self._stop()
 
     async def _stop(self) -> None:
+        if self._media_timer is not None:
+            self._media_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
