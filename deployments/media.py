@@ -129,7 +129,9 @@ class MediaDeployment:
     async def browser_pack(self) -> bytes:
         return await self.sessions.browser_pack()
 
-    def diagnostics(self, replica: str | None = None) -> dict:
+    async def diagnostics(self, replica: str | None = None) -> dict:
+        # async: on the replica's event loop, where its asyncio tasks can be counted (a sync method
+        # runs in a worker thread, where process_stats finds no loop and reports None)
         peer_connections = self.sessions.live_peer_connections()  # collects garbage: before trimming
         return {"replica": self.replica, **self.node, "pid": os.getpid(), **process_stats(trim=True),
                 "sessions": len(self.sessions), "peer_connections": peer_connections}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import os
 import shutil
 import subprocess

@@ -9,7 +9,6 @@ goes. Nothing is cut.
 """
 
 import asyncio
-import os
 import time
 
 import httpx
@@ -51,11 +50,14 @@ def scaling():
     cluster.stop()
 
 
-def media_processes() -> int:
+def media_processes(cluster: ServeCluster) -> int:
+    """Media replica processes of this cluster (the suite's shared one may be running too)."""
+    from avatarchat.local_cluster import descendants
+
     n = 0
-    for pid in os.listdir("/proc"):
+    for pid in descendants(cluster.ray_proc.pid):
         try:
-            if pid.isdigit() and b"ServeReplica:avatar:Media" in open(f"/proc/{pid}/cmdline", "rb").read():
+            if b"ServeReplica:avatar:Media" in open(f"/proc/{pid}/cmdline", "rb").read():
                 n += 1
         except OSError:
             pass
@@ -108,20 +110,20 @@ async def test_sessions_bring_a_replica_and_its_removal_waits_for_its_session(sc
         # back to one session: the newer replica, holding it, is chosen for scale-down and drains
         assert await a.close() == 204 and await b.close() == 204
         assert await wait_listed(url, 1, 90) == [first]
-        assert media_processes() == 2, "the draining replica must wait for its session"
+        assert media_processes(scaling) == 2, "the draining replica must wait for its session"
         reply = await ask(c)
         assert reply["type"] == "transcript", reply  # served by the replica out of routing
         d = await session()
         assert owner_of(d.session_id) == first
         await asyncio.sleep(3)
-        assert media_processes() == 2 and c.events_of("closed") == []
+        assert media_processes(scaling) == 2 and c.events_of("closed") == []
 
         # its session hangs up (the DELETE cannot reach it: out of routing; the peer connection closes)
         assert await c.close() == 404
         deadline = time.monotonic() + 60
-        while media_processes() > 1 and time.monotonic() < deadline:
+        while media_processes(scaling) > 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-        assert media_processes() == 1, "the drained replica did not go once its session ended"
+        assert media_processes(scaling) == 1, "the drained replica did not go once its session ended"
         assert (await ask(d))["type"] == "transcript"
     finally:
         for client in open_:
