@@ -40,18 +40,19 @@ def parent_of(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[1])  # the field after the state
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it, from /proc (Linux)."""
+def descendants(roots: list[int]) -> set[int]:
+    """``roots`` and every process below them, from /proc (Linux)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (ppid := parent_of(int(entry.name))) is not None:
             children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
+    found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
 
 
 class ServeCluster:
@@ -155,7 +156,7 @@ class ServeCluster:
     def kill_node(proc: subprocess.Popen) -> None:
         """A node lost at once: SIGKILL to its `ray start`, its raylet and every process they
         started (the node's workers, replicas included, whatever process group they took)."""
-        doomed = descendants(proc.pid)
+        doomed = descendants([proc.pid])
         for pid in doomed:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -206,9 +207,14 @@ class ServeCluster:
         return self.serve_log.read_text(errors="replace")[-chars:] if self.serve_log.exists() else ""
 
     def start(self) -> "ServeCluster":
-        self.start_ray()
-        self.start_serve()
-        self.wait_ready()
+        """Ray, then `serve run`, then wait until it serves; a failed start stops what it began."""
+        try:
+            self.start_ray()
+            self.start_serve()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_side_sessions(self, timeout_s: float = 120) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from ray import serve
 
@@ -95,7 +94,6 @@ class MediaDeployment:
         self.config = config
         self.replica = replica_name()
         self.node = node_of_this_process()
-        self.handles = {"asr": asr, "llm": llm, "tts": tts, "avatar": avatar}
         vad = create_backend(config.stage("vad"))
         end_of_turn = create_backend(config.stage("end_of_turn"))
         self.sessions = SessionService(config.sessions, session_deps(config, HandlePorts(asr, llm, tts, avatar),
@@ -133,7 +131,7 @@ class MediaDeployment:
         # async: on the replica's event loop, where its asyncio tasks can be counted (a sync method
         # runs in a worker thread, where process_stats finds no loop and reports None)
         peer_connections = self.sessions.live_peer_connections()  # collects garbage: before trimming
-        return {"replica": self.replica, **self.node, "pid": os.getpid(), **process_stats(trim=True),
+        return {"replica": self.replica, **self.node, **process_stats(trim=True),  # its pid included
                 "sessions": len(self.sessions), "peer_connections": peer_connections}
 
     # -- what Serve asks -----------------------------------------------------------------------

@@ -21,7 +21,6 @@ extrapolation the report labels as such.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from avatarchat.local_cluster import ROOT
-from load_tests.capacity import MAX_V2V_P95_S, MIN_FPS, TICK, run_locust
+from load_tests.capacity import MAX_V2V_P95_S, MIN_FPS, deployment_of, processes, run_locust
 from load_tests.report import emit, machine
 
 # Cores a media node keeps for other work (Ray's raylet and agents, the OS) in the projection.
@@ -41,18 +40,7 @@ RESERVED_CORES = 0.5
 
 def media_cpu_seconds() -> dict[int, float]:
     """CPU seconds used so far by each Media replica process, by pid (this machine's /proc)."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if "ServeReplica:" in cmd and cmd.split("ServeReplica:", 1)[1].split()[0].endswith(":Media"):
-            out[int(pid)] = (int(fields[11]) + int(fields[12])) / TICK
-    return out
+    return {pid: used for pid, cmd, used in processes() if deployment_of(cmd) == "Media"}
 
 
 class SessionSampler:

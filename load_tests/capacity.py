@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from avatarchat.local_cluster import ROOT
@@ -39,10 +40,9 @@ MAX_V2V_P95_S = 1.5
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by the service, summed by part: each Serve replica by deployment and
-    the rest of Ray (every process of this machine, read from /proc)."""
-    out: dict[str, float] = {}
+def processes() -> Iterator[tuple[int, str, float]]:
+    """(pid, command line, CPU seconds used so far: utime + stime) of every process of this
+    machine that /proc lets us read."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -51,13 +51,26 @@ def cpu_seconds() -> dict[str, float]:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if "ServeReplica:" in cmd:
-            part = cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-        elif "ray" in cmd or "raylet" in cmd or "gcs_server" in cmd:
+        yield int(pid), cmd, (int(fields[11]) + int(fields[12])) / TICK
+
+
+def deployment_of(cmd: str) -> str | None:
+    """The Serve deployment a replica process serves ("ServeReplica:<app>:<deployment>"), or None."""
+    if "ServeReplica:" not in cmd:
+        return None
+    return cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the service, summed by part: each Serve replica by deployment and
+    the rest of Ray (every process of this machine, read from /proc)."""
+    out: dict[str, float] = {}
+    for _, cmd, used in processes():
+        part = deployment_of(cmd)
+        if part is None:
+            if not ("ray" in cmd or "raylet" in cmd or "gcs_server" in cmd):
+                continue
             part = "ray (controller, proxy, raylet, gcs)"
-        else:
-            continue
-        used = (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
         out[part] = out.get(part, 0.0) + used
     return out
 

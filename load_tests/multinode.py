@@ -145,7 +145,7 @@ async def step_node_loss(url: str, cluster: ServeCluster, clients: list) -> dict
     doomed = [c for c in clients if owner_of(c.session_id) == victim]
     spared = [c for c in clients if owner_of(c.session_id) != victim]
     # which `ray start` is that node: the one the replica's process descends from
-    node_proc = next(p for p in cluster.node_procs if media[victim]["pid"] in descendants(p.pid))
+    node_proc = next(p for p in cluster.node_procs if media[victim]["pid"] in descendants([p.pid]))
     killed_at = time.monotonic()
     cluster.kill_node(node_proc)
     try:

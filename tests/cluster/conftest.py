@@ -20,11 +20,6 @@ def cluster_serve_config() -> dict:
 
 @pytest.fixture(scope="session")
 def service():
-    cluster = ServeCluster(cluster_serve_config())
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
+    cluster = ServeCluster(cluster_serve_config()).start()
     yield cluster
     cluster.stop()

@@ -28,12 +28,7 @@ def https_service(tmp_path_factory):
     args["sessions"] = {**args.get("sessions", {}), "host_addresses": ["127.0.0.1"]}
     args["access"] = {"user_token_env": "AC_TEST_USER_TOKEN", "operator_token_env": "AC_TEST_OPERATOR_TOKEN"}
     doc["http_options"].update({"ssl_certfile": str(cert), "ssl_keyfile": str(key)})
-    cluster = ServeCluster(doc, extra_env=TOKENS)
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
+    cluster = ServeCluster(doc, extra_env=TOKENS).start()
     yield cluster, cert
     cluster.stop()
 

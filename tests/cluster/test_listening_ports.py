@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avatarchat.local_cluster import BIN, ROOT
+from avatarchat.local_cluster import BIN, ROOT, descendants
 from avatarchat.replica_bind import SERVE_RUN_RUNTIME_ENV_JSON
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -125,22 +125,6 @@ def _process_name(pid: int) -> str:
     if any(a.endswith("/serve") for a in argv[:2]) and "run" in argv:
         return "serve run"
     return " ".join(argv)[:80]
-
-
-def descendants(roots: list[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _read(f"/proc/{entry}/stat")
-            if stat:
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
 
 
 def listeners(pids: set[int]) -> list[Listener]:

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from avatarchat.client.avatar_client import AvatarClient
-from avatarchat.local_cluster import ServeCluster
+from avatarchat.local_cluster import ServeCluster, descendants
 from avatarchat.webrtc.sessions import owner_of
+from load_tests.capacity import deployment_of, processes
 from tests.cluster.conftest import cluster_serve_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.models, pytest.mark.timeout(480)]
@@ -40,28 +41,15 @@ def autoscaling_media() -> dict:
 
 @pytest.fixture(scope="module")
 def scaling():
-    cluster = ServeCluster(autoscaling_media(), num_cpus=4)  # logical: room to schedule a replica
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
+    cluster = ServeCluster(autoscaling_media(), num_cpus=4).start()  # logical: room to schedule a replica
     yield cluster
     cluster.stop()
 
 
 def media_processes(cluster: ServeCluster) -> int:
     """Media replica processes of this cluster (the suite's shared one may be running too)."""
-    from avatarchat.local_cluster import descendants
-
-    n = 0
-    for pid in descendants(cluster.ray_proc.pid):
-        try:
-            if b"ServeReplica:avatar:Media" in open(f"/proc/{pid}/cmdline", "rb").read():
-                n += 1
-        except OSError:
-            pass
-    return n
+    ours = descendants([cluster.ray_proc.pid])
+    return sum(1 for pid, cmd, _ in processes() if pid in ours and deployment_of(cmd) == "Media")
 
 
 async def listed(url: str) -> list[str]:

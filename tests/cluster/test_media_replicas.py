@@ -38,12 +38,7 @@ def two_media_replicas() -> dict:
 @pytest.fixture(scope="module")
 def two_replicas():
     # logical CPUs: the extra Media and Gateway replicas need scheduling room, not cores
-    cluster = ServeCluster(two_media_replicas(), num_cpus=4)
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
+    cluster = ServeCluster(two_media_replicas(), num_cpus=4).start()
     yield cluster
     cluster.stop()
 
