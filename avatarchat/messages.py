@@ -53,11 +53,14 @@ class AudioChunk(Message):
 
 @dataclass(frozen=True, slots=True)
 class Transcript(Message):
-    """What the user said. ``emotion`` is set only by backends that detect one (SenseVoice)."""
+    """What the user said. ``language`` is a code (en, zh, yue, ja, ko, ...) as the ASR heard or was
+    told it, None when unknown (typed text). ``emotion`` and ``event`` (an audio event such as
+    ``Speech``, ``Laughter``, ``BGM``) are set only by backends that detect them (SenseVoice)."""
 
     text: str
-    language: str = "en"
+    language: str | None = "en"
     emotion: str | None = None
+    event: str | None = None
     final: bool = True
 
 
@@ -74,6 +77,7 @@ class LLMRequest:
 
     history: tuple[ChatMessage, ...]
     max_tokens: int | None = None
+    language: str | None = None  # what the user spoke (Transcript.language): the reply's language
 
 
 @dataclass(frozen=True, slots=True)

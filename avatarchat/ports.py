@@ -15,7 +15,7 @@ class StagePorts(Protocol):
 
     def generate(self, request: LLMRequest) -> AsyncIterator[TextDelta]: ...
 
-    def synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...
+    def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]: ...
 
     def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]: ...
 
@@ -32,8 +32,8 @@ class LocalPorts:
     def generate(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
         return self.llm.stream(request)
 
-    def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
-        return self.tts.synthesize(text)
+    def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]:
+        return self.tts.synthesize(text, language)
 
     def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
         return self.avatar.animate(request)

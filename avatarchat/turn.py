@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from avatarchat.avatar.expression import EmotionTagFilter, normalise
 from avatarchat.events import ReplyDone, StateChanged, TurnFailed
+from avatarchat.languages import guess_from_script
 from avatarchat.messages import (AnimateRequest, AudioChunk, ChatMessage, FaceMotion, LLMRequest,
                                  SpeechChunk, TextDelta, Transcript, TurnTimings)
 from avatarchat.pacing import REAL_CLOCK, AsyncClock, PlayoutPacer, Stopwatch
@@ -61,6 +62,8 @@ class Turn:
         # The expression of the reply: the user's emotion as the ASR heard it, replaced by a tag
         # the LLM starts its reply with ("[happy] ..."), if it gives one.
         self.emotion: str | None = None
+        # The reply's language: the one the user spoke (None for typed text: the LLM decides).
+        self.language: str | None = None
 
     async def run(self, user: AudioChunk | str) -> AsyncIterator:
         watch = Stopwatch(self.clock)
@@ -73,7 +76,7 @@ class Turn:
                 return
             self.timings.asr = watch.elapsed()
         else:
-            transcript = Transcript(text=user)
+            transcript = Transcript(text=user, language=guess_from_script(user))
         self.emotion = normalise(transcript.emotion)
         yield transcript
         if not transcript.text.strip():
@@ -82,7 +85,9 @@ class Turn:
             return
 
         history = self.history[-self.options.max_history_messages:] if self.options.max_history_messages else ()
-        request = LLMRequest(history=(*history, ChatMessage("user", transcript.text)))
+        self.language = transcript.language
+        request = LLMRequest(history=(*history, ChatMessage("user", transcript.text)),
+                             language=transcript.language)
         out: asyncio.Queue = asyncio.Queue(maxsize=64)
         sentences: asyncio.Queue = asyncio.Queue(maxsize=64)  # bounded by the LLM's max_tokens anyway
         tasks = [asyncio.create_task(self._read_llm(request, watch, sentences, out)),
@@ -145,7 +150,7 @@ class Turn:
             while (sentence := await sentences.get()) is not _END:
                 sent_at = watch.elapsed()
                 stage = "tts"
-                async for audio in self.ports.synthesize(sentence):
+                async for audio in self.ports.synthesize(sentence, self.language):
                     if self.timings.tts_first_audio is None:
                         self.timings.tts_first_audio = watch.elapsed() - sent_at
                     tts_at = watch.elapsed()

@@ -21,7 +21,7 @@ FACE_MOTION_FIELDS = list(FaceMotion.__dataclass_fields__)
 def encode(event: Any) -> dict:
     if isinstance(event, Transcript):
         return {"type": "transcript", "role": "user", "text": event.text, "final": event.final,
-                "language": event.language, "emotion": event.emotion}
+                "language": event.language, "emotion": event.emotion, "event": event.event}
     if isinstance(event, TextDelta):
         return {"type": "transcript", "role": "avatar", "text": event.text, "final": False}
     if isinstance(event, ReplyDone):

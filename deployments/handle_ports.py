@@ -37,8 +37,8 @@ class HandlePorts:
     def generate(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
         return _relay(self.llm.generate.remote(request))
 
-    def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
-        return _relay(self.tts.synthesize.remote(text))
+    def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]:
+        return _relay(self.tts.synthesize.remote(text, language))
 
     def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
         return _relay(self.avatar.animate.remote(request))

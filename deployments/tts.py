@@ -18,6 +18,6 @@ from deployments.stage import StageDeployment
     max_constructor_retry_count=3,  # a missing model file does not fix itself
 )
 class TTSDeployment(StageDeployment):
-    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
-        async for audio in self._stream(self.backend.synthesize(text)):
+    async def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]:
+        async for audio in self._stream(self.backend.synthesize(text, language)):
             yield audio

@@ -37,6 +37,10 @@ ALIASES = {
     "sad": "sad", "sadness": "sad", "unhappy": "sad", "fearful": "sad", "fear": "sad",
     "surprised": "surprised", "surprise": "surprised", "angry": "angry", "anger": "angry",
     "disgusted": "angry", "disgust": "angry", "emo_unknown": "neutral", "unk": "neutral",
+    # An LLM answering in Chinese tags its reply in Chinese: 【开心】 or （难过）.
+    "开心": "happy", "高兴": "happy", "快乐": "happy", "难过": "sad", "伤心": "sad", "悲伤": "sad",
+    "惊讶": "surprised", "吃惊": "surprised", "生气": "angry", "愤怒": "angry", "平静": "neutral",
+    "中性": "neutral",
 }
 
 BLEND_IN_S = 0.35   # time constant towards a new expression
@@ -83,7 +87,9 @@ def offsets(e: Expression) -> Offsets:
                    head_pitch=-2.5 * sad, mouth_open=0.12 * e.surprise)
 
 
-_TAG = re.compile(r"^\s*[\[(<]\s*([A-Za-z_]{3,12})\s*[\])>]\s*")
+# Latin or full-width brackets around an English word or a short Chinese one.
+_OPEN, _CLOSE = "[(<【（［", "])>】）］"
+_TAG = re.compile(r"^\s*[\[(<【（［]\s*([A-Za-z_]{3,12}|[\u4e00-\u9fff]{1,4})\s*[\])>】）］]\s*")
 _MAX_TAG_CHARS = 20
 
 
@@ -91,7 +97,7 @@ class EmotionTagFilter:
     """Takes an emotion tag off the start of a streamed LLM reply: ``[happy] Hi!`` -> ``Hi!`` and
     ``emotion == "happy"``. Text without a tag passes through unchanged (after at most
     ``_MAX_TAG_CHARS`` characters of look-ahead at the very start); an unknown word in brackets
-    stays in the text."""
+    stays in the text. Full-width brackets and Chinese emotion words count too (``【开心】你好``)."""
 
     def __init__(self):
         self.emotion: str | None = None
@@ -107,7 +113,7 @@ class EmotionTagFilter:
             return text
         self._head += text
         stripped = self._head.lstrip()
-        if stripped and stripped[0] not in "[(<":
+        if stripped and stripped[0] not in _OPEN:
             return self._release(self._head)
         match = _TAG.match(self._head)
         if match and (name := normalise(match.group(1))) is not None:
@@ -115,7 +121,7 @@ class EmotionTagFilter:
             rest = self._release(self._head[match.end():])
             self._after_tag = not rest
             return rest
-        closed = any(c in self._head for c in "])>")
+        closed = any(c in self._head for c in _CLOSE)
         if closed or len(self._head) > _MAX_TAG_CHARS:
             return self._release(self._head)  # brackets, but not an emotion: keep them
         return ""  # maybe a tag still arriving

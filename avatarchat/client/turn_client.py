@@ -23,6 +23,10 @@ class TurnError(RuntimeError):
 @dataclass
 class TurnResult:
     user_text: str = ""
+    # What the ASR heard besides the words: language code, emotion, audio event (None if not reported)
+    user_language: str | None = None
+    user_emotion: str | None = None
+    user_event: str | None = None
     reply_text: str = ""
     chunks: list[AvatarChunk] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
@@ -105,6 +109,9 @@ class TurnClient:
         result.events.append(event)
         if kind == "transcript" and event["role"] == "user":
             result.user_text = event["text"]
+            result.user_language = event.get("language")
+            result.user_emotion = event.get("emotion")
+            result.user_event = event.get("event")
         elif kind == "transcript" and event["role"] == "avatar" and event["final"]:
             result.reply_text = event["text"]
         elif kind == "timings":

@@ -76,7 +76,23 @@
     }
   }
 
-  function addLine(role, text, extraClass) {
+  // What the ASR heard besides the words (SenseVoice: language, emotion, audio event), shown as a
+  // small note after the user's line; English speech with no emotion shows nothing.
+  const LANGUAGE_NAMES = {zh: "中文", yue: "粵語", ja: "日本語", ko: "한국어", en: "English"};
+  function showHeard(li, ev) {
+    const notes = [];
+    if (ev.language && ev.language !== "en") notes.push(LANGUAGE_NAMES[ev.language] || ev.language);
+    if (ev.emotion && !/^(neutral|emo_unknown)$/i.test(ev.emotion)) notes.push(ev.emotion.toLowerCase());
+    if (ev.event && !/^speech$/i.test(ev.event)) notes.push(ev.event);
+    if (ev.language) li.querySelector(".text").lang = ev.language;
+    if (!notes.length) return;
+    const meta = document.createElement("span");
+    meta.className = "heard";
+    meta.textContent = notes.join(" · ");
+    li.append(meta);
+  }
+
+  function addLine(role, text, extraClass, language) {
     const li = document.createElement("li");
     li.className = `line ${role}` + (extraClass ? ` ${extraClass}` : "");
     const who = document.createElement("span");
@@ -85,6 +101,7 @@
     const body = document.createElement("span");
     body.className = "text";
     body.textContent = text;
+    if (language) body.lang = language;  // the right CJK glyphs for the reply's language
     li.append(who, body);
     ui.transcript.append(li);
     ui.transcript.scrollTop = ui.transcript.scrollHeight;
@@ -137,10 +154,12 @@
           if (s.userPartial) s.userPartial.remove();
           s.userPartial = null;
           const li = addLine("user", ev.text, ev.final ? "final" : "partial");
+          showHeard(li, ev);
+          s.language = ev.language || null;
           if (!ev.final) s.userPartial = li;
         } else if (!ev.final) {
           if (s.ignoreDeltas) break;
-          if (!s.avatarLine) s.avatarLine = addLine("avatar", "", "streaming");
+          if (!s.avatarLine) s.avatarLine = addLine("avatar", "", "streaming", s.language);
           s.avatarLine.querySelector(".text").textContent += ev.text;
           ui.transcript.scrollTop = ui.transcript.scrollHeight;
         } else {

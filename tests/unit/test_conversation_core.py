@@ -63,10 +63,10 @@ class TimedPorts:
         async for delta in self.local.generate(request):
             yield delta
 
-    async def synthesize(self, text):
+    async def synthesize(self, text, language=None):
         self.spoken.append(text)
         await self.clock.sleep(TTS_S)
-        async for audio in self.local.synthesize(text):
+        async for audio in self.local.synthesize(text, language):
             yield audio
 
     def animate(self, request):

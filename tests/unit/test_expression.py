@@ -37,6 +37,12 @@ def feed_all(pieces):
     (["[note] Hi"], None, "[note] Hi"),                            # not an emotion: kept
     (["[", "unfinished"], None, "[unfinished"),                    # never closed: kept
     ([" ", "Plain text."], None, " Plain text."),
+    (["【开心】", "你好！"], "happy", "你好！"),                    # Chinese tag, full-width brackets
+    (["（", "难过）我很", "抱歉。"], "sad", "我很抱歉。"),
+    (["[surprised] ", "真的吗？"], "surprised", "真的吗？"),
+    (["【注意】请", "小心。"], None, "【注意】请小心。"),             # not an emotion: kept
+    (["你好", "，很高兴见到你。"], None, "你好，很高兴见到你。"),   # no tag: CJK text passes at once
+    (["こんにちは"], None, "こんにちは"),
 ])
 def test_an_emotion_tag_is_taken_off_the_start_of_the_reply(pieces, emotion, text):
     assert feed_all(pieces) == (emotion, text)

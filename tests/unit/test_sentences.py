@@ -57,3 +57,35 @@ def test_a_first_sentence_without_clauses_is_cut_at_a_space_once_long():
     out = chunk([text])
     assert len(out[0]) <= 100 and out[0].endswith("word")
     assert " ".join(out).split() == text.split()
+
+
+def test_cjk_closing_quotes_stay_with_their_sentence():
+    assert chunk(["他说：“你好。”然后走了。"]) == ["他说：“你好。”", "然后走了。"]
+
+
+def test_a_chinese_first_clause_ends_at_a_cjk_comma_by_spoken_length():
+    # 11 characters = 33 letters' worth: long enough to start the voice at the comma
+    # streamed a character at a time, as an LLM writes it
+    assert chunk(list("今天天气很好我们一起去，公园散步好不好？")) == ["今天天气很好我们一起去，", "公园散步好不好？"]
+    # a short clause (3 characters = 9) is not cut off on its own
+    assert chunk(list("你好，今天怎么样？")) == ["你好，今天怎么样？"]
+
+
+def test_a_chinese_run_on_is_cut_at_cjk_punctuation_and_loses_nothing():
+    text = "我们在这里讨论很多事情；" * 12  # no sentence end at all
+    out = chunk([text], max_chars=60, first_max_chars=60)
+    assert "".join(out) == text
+    assert all(s.endswith("；") for s in out[:-1])
+    from avatarchat.sentences import spoken_length
+    assert all(spoken_length(s) <= 60 for s in out)
+
+
+def test_cjk_without_any_punctuation_is_cut_by_length_never_dropped():
+    text = "中" * 50
+    out = chunk([text], max_chars=30, first_max_chars=30)
+    assert "".join(out) == text and all(len(s) <= 10 for s in out)
+
+
+def test_japanese_and_korean_text_pass_through():
+    assert chunk(["こんにちは。元気ですか？"]) == ["こんにちは。", "元気ですか？"]
+    assert chunk(["안녕하세요. 반갑습니다!"]) == ["안녕하세요.", "반갑습니다!"]

@@ -188,3 +188,45 @@ async def test_an_error_raised_in_a_replica_gives_its_own_message_short():
     assert events[-1].reason == "the prompt is longer than the model's context"
     events = await collect(Turn(failing_llm(RuntimeError("x" * 1000)), options=TurnOptions(realtime=False)), "hi")
     assert len(events[-1].reason) <= 200 and events[-1].reason.endswith("...")
+
+
+async def test_a_chinese_turn_keeps_every_character_and_follows_the_language():
+    """The text path of a Chinese turn, exactly: the language the ASR heard reaches the LLM as an
+    instruction and the TTS as its voice choice; the emotion tag comes off in full-width brackets;
+    clauses are cut at CJK punctuation and no character is lost."""
+    reply = "【开心】你好！今天天气很好我们一起去，公园散步好不好？我们还可以喝茶。"
+    ports, backends = make_ports(asr={"text": "你好，请介绍一下你自己。", "language": "zh", "emotion": "HAPPY"},
+                                 llm={"reply": reply})
+    events = await collect(Turn(ports, options=TurnOptions(realtime=False)), utterance())
+    heard = next(e for e in events if isinstance(e, Transcript))
+    assert (heard.text, heard.language, heard.emotion) == ("你好，请介绍一下你自己。", "zh", "HAPPY")
+    system = backends["llm"].requests[-1][0]["content"]
+    assert system.endswith("The user speaks Chinese (简体中文): always answer in Chinese (简体中文).")
+    assert backends["llm"].requests[-1][-1] == {"role": "user", "content": "你好，请介绍一下你自己。"}
+    spoken = list(backends["tts"].spoken)
+    # the first chunk starts the voice; later clauses wait for their sentence to end
+    assert spoken == [("你好！", "zh"), ("今天天气很好我们一起去，公园散步好不好？", "zh"), ("我们还可以喝茶。", "zh")]
+    done = next(e for e in events if isinstance(e, ReplyDone))
+    assert done.text.replace(" ", "") == reply.removeprefix("【开心】")
+    deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert deltas == reply.removeprefix("【开心】")
+    assert set(backends["avatar"].emotions) == {"happy"}  # the LLM's tag, over the ASR's HAPPY
+
+
+async def test_an_english_turn_keeps_the_cached_system_prompt():
+    ports, backends = make_ports(asr={"language": "en"})
+    await collect(Turn(ports, options=TurnOptions(realtime=False)), utterance())
+    assert backends["llm"].requests[-1][0]["content"] == backends["llm"].options.system_prompt
+    assert {lang for _, lang in backends["tts"].spoken} == {"en"}
+
+
+async def test_typed_chinese_text_is_answered_in_chinese():
+    ports, backends = make_ports()
+    await collect(Turn(ports, options=TurnOptions(realtime=False)), "你好")
+    assert "answer in Chinese" in backends["llm"].requests[-1][0]["content"]
+
+
+async def test_the_emotion_the_asr_heard_reaches_the_avatar():
+    ports, backends = make_ports(asr={"emotion": "SAD"})  # SenseVoice's tag name; the reply has none
+    await collect(Turn(ports, options=TurnOptions(realtime=False)), utterance())
+    assert set(backends["avatar"].emotions) == {"sad"}

@@ -16,12 +16,15 @@ class ScriptedASR(ASRBackend):
         text: str = Field("Hello there.", description="the transcript every utterance gets")
         delay_s: float = Field(0.05, ge=0, description="simulated recognition time")
         fail: bool = Field(False, description="raise instead of answering (failure tests)")
+        language: str | None = Field("en", description="the language the transcript reports")
+        emotion: str | None = Field(None, description="the emotion the transcript reports")
 
     async def transcribe(self, audio: AudioChunk) -> Transcript:
         await asyncio.sleep(self.options.delay_s)
         if self.options.fail:
             raise RuntimeError("scripted ASR failure")
-        return Transcript(text=self.options.text)
+        o = self.options
+        return Transcript(text=o.text, language=o.language, emotion=o.emotion)
 
 
 BACKEND = ScriptedASR

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -22,6 +23,10 @@ class ScriptedAvatar(AvatarBackend):
         chunk_s: float = Field(0.2, gt=0, description="audio per yielded chunk")
         delay_s: float = Field(0.0, ge=0, description="simulated time per chunk")
 
+    def __init__(self, options):
+        super().__init__(options)
+        self.emotions: deque[str | None] = deque(maxlen=64)  # each request's emotion, newest last
+
     def load(self) -> None:
         self.fps = self.options.fps
 
@@ -30,6 +35,7 @@ class ScriptedAvatar(AvatarBackend):
         return self.options.pack
 
     async def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
+        self.emotions.append(request.emotion)
         audio = request.speech.audio
         step = max(1, int(self.options.chunk_s * audio.sample_rate))
         for offset in range(0, len(audio.samples), step):

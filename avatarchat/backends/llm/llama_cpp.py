@@ -182,8 +182,7 @@ class LlamaCppLLM(LLMBackend):
     def _prompt_tokens(self, request: LLMRequest, max_tokens: int) -> list[int]:
         history = list(request.history)
         while True:
-            messages = [{"role": "system", "content": self.options.system_prompt}]
-            messages += [{"role": m.role, "content": m.content} for m in history]
+            messages = self.chat_messages(request, history)
             result = self._formatter(messages=messages)
             tokens = self._llm.tokenize(result.prompt.encode("utf-8"),
                                         add_bos=not result.added_special, special=True)

@@ -106,8 +106,7 @@ class OpenAICompatLLM(LLMBackend):
 
     def _body(self, request: LLMRequest) -> dict:
         o = self.options
-        messages = [{"role": "system", "content": o.system_prompt}]
-        messages += [{"role": m.role, "content": m.content} for m in request.history]
+        messages = self.chat_messages(request)
         max_tokens = min(request.max_tokens or o.max_tokens, o.max_tokens)
         return {"model": o.model, "messages": messages, "stream": True,
                 "max_tokens": max_tokens, "temperature": o.temperature}

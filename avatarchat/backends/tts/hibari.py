@@ -117,7 +117,7 @@ class HibariTTS(TTSBackend):
                     wav = trim_lead_silence(wav, self.sample_rate, o.lead_silence_ms / 1000)
                 yield wav
 
-    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+    async def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]:
         if self._tts is None:
             raise RuntimeError("HibariTTS.load() has not been called")
         if not text.strip():
