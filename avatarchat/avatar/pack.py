@@ -2,6 +2,14 @@
 
 A pack is data only (made once by ``avatars/tools/make_pack.py``); everything derived from it (warp
 fields, masks) is computed when a renderer loads it, so packs stay small and tools stay simple.
+
+A pack may carry its own voice for TTS that clones one (``cosyvoice``'s ``pack`` option), as an
+optional section of ``pack.yaml``::
+
+    voice:
+      prompt_wav: voice.wav          # 3-30 s of the voice, in the pack directory
+      prompt_text: "What the clip says, word for word."
+      language: en                   # the clip's language code
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from avatarchat.languages import normalise
 
 ENV_DIR = "AVATAR_CHAT_AVATARS_DIR"
 N_LANDMARKS = 478  # MediaPipe FaceMesh with refined eyes and irises
@@ -35,6 +45,15 @@ def list_packs(directory: str | Path | None = None) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "pack.yaml").is_file())
 
 
+@dataclass(frozen=True)
+class PackVoice:
+    """A pack's own voice: a clip of it (``prompt_wav``, absolute), its transcript and language."""
+
+    prompt_wav: Path
+    prompt_text: str
+    language: str | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class AvatarPack:
     """One loaded pack. ``landmarks`` is (478, 3): x, y in pixels of ``image`` (pixel i covers
@@ -47,6 +66,7 @@ class AvatarPack:
     contours: dict[str, tuple[int, ...]]
     points: dict[str, int]  # named single landmarks: chin, subnasale, ...
     meta: dict = field(repr=False)
+    voice: PackVoice | None = None  # pack.yaml's optional voice section
 
     @property
     def size(self) -> tuple[int, int]:
@@ -86,11 +106,44 @@ class AvatarPack:
         if size and tuple(size) != (image.shape[1], image.shape[0]):
             raise ValueError(f"{path}: pack.yaml says image_size {size}, image is "
                              f"{image.shape[1]}x{image.shape[0]}")
+        voice = _voice(path, meta)
         image.setflags(write=False)
         landmarks.setflags(write=False)
         return cls(name=str(meta.get("name", path.name)), path=path, image=image,
                    landmarks=landmarks, contours=contours,
-                   points={k: int(v) for k, v in lm.get("points_named", {}).items()}, meta=meta)
+                   points={k: int(v) for k, v in lm.get("points_named", {}).items()}, meta=meta,
+                   voice=voice)
+
+
+def load_voice(name_or_path: str | Path) -> PackVoice | None:
+    """The voice section of a pack (by name or path), or None if it has none. Reads pack.yaml
+    only: a TTS replica needs no image or landmarks."""
+    path = _resolve(name_or_path)
+    return _voice(path, yaml.safe_load(_need(path, "pack.yaml").read_text()) or {})
+
+
+_VOICE_KEYS = ("prompt_wav", "prompt_text", "language")
+
+
+def _voice(pack_dir: Path, meta: dict) -> PackVoice | None:
+    section = meta.get("voice")
+    if section is None:
+        return None
+    where = f"{pack_dir}: pack.yaml voice"
+    if not isinstance(section, dict):
+        raise ValueError(f"{where} must be a mapping with {', '.join(_VOICE_KEYS)}")
+    unknown = sorted(set(section) - set(_VOICE_KEYS))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(map(str, unknown))}; "
+                         f"allowed: {', '.join(_VOICE_KEYS)}")
+    if not section.get("prompt_wav") or not str(section.get("prompt_text") or "").strip():
+        raise ValueError(f"{where} needs prompt_wav (a clip in the pack) and prompt_text (its "
+                         "transcript, word for word)")
+    language = section.get("language")
+    if language is not None:
+        language = normalise(str(language))
+    return PackVoice(prompt_wav=_need(pack_dir, str(section["prompt_wav"])).resolve(),
+                     prompt_text=str(section["prompt_text"]).strip(), language=language)
 
 
 def _resolve(name_or_path: str | Path) -> Path:

