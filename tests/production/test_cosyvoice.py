@@ -55,10 +55,22 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def pack_dir(tmp_path_factory, clips) -> Path:
-    """The astronaut pack with a voice section added."""
-    pack = tmp_path_factory.mktemp("packs") / "astronaut"
+def voiceless_pack(tmp_path_factory) -> Path:
+    """The astronaut pack without its voice section."""
+    pack = tmp_path_factory.mktemp("packs") / "voiceless"
     shutil.copytree(avatars_dir() / "astronaut", pack)
+    meta = yaml.safe_load((pack / "pack.yaml").read_text())
+    del meta["voice"]
+    (pack / "voice.wav").unlink()
+    (pack / "pack.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True))
+    return pack
+
+
+@pytest.fixture(scope="module")
+def pack_dir(voiceless_pack, tmp_path_factory, clips) -> Path:
+    """A pack with a voice section of the test's own clip."""
+    pack = tmp_path_factory.mktemp("packs") / "astronaut"
+    shutil.copytree(voiceless_pack, pack)
     shutil.copy(clips["pack"], pack / "voice.wav")
     meta = yaml.safe_load((pack / "pack.yaml").read_text())
     meta["voice"] = {"prompt_wav": "voice.wav", "prompt_text": "Hello, I am the astronaut.",
@@ -358,12 +370,14 @@ def test_option_defaults_and_language_keys():
 # --- the avatar pack's voice section ------------------------------------------------------------
 
 
-def test_pack_voice_section(pack_dir, clips):
+def test_pack_voice_section(pack_dir, voiceless_pack, clips):
     voice = PackVoice(prompt_wav=(pack_dir / "voice.wav").resolve(),
                       prompt_text="Hello, I am the astronaut.", language="en")
     assert load_voice(pack_dir) == voice
     assert AvatarPack.load(pack_dir).voice == voice
-    assert load_voice("astronaut") is None and AvatarPack.load("astronaut").voice is None
+    assert load_voice(voiceless_pack) is None and AvatarPack.load(voiceless_pack).voice is None
+    shipped = load_voice("astronaut")  # the shipped pack carries its voice (serve_config.gpu.yaml)
+    assert shipped.prompt_wav.is_file() and shipped.language == "en"
 
 
 @pytest.mark.parametrize("section,words", [
@@ -383,7 +397,7 @@ def test_bad_pack_voice_sections(tmp_path, pack_dir, section, words):
             load(pack)
 
 
-def test_pack_without_voice_is_refused(model_dir):
-    backend = CosyVoiceTTS(CosyVoiceTTS.Options(model_dir=model_dir, pack="astronaut"))
+def test_pack_without_voice_is_refused(model_dir, voiceless_pack):
+    backend = CosyVoiceTTS(CosyVoiceTTS.Options(model_dir=model_dir, pack=str(voiceless_pack)))
     with pytest.raises(ValueError, match="no voice section"):
         backend.load()

@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from avatarchat import languages
+from avatarchat.backends.tts._cosyvoice_llm import load_cosyvoice2_llm
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk
@@ -254,7 +255,7 @@ class CosyVoiceTTS(TTSBackend):
         self.sample_rate = int(cv.sample_rate)
         llm = getattr(cv.model, "llm", None)
         if llm is None:  # cosyvoice-minicpmo: see the module docstring
-            llm = _load_llm(model_dir, cv.model.device)
+            llm = load_cosyvoice2_llm(model_dir, cv.model.device)
         # CosyVoice's own LLM layers are float32; transformers 5 loads the Qwen2 inside from its
         # bfloat16 config as bfloat16 (dtype "auto"), and the two do not mix. fp16 is autocast's job.
         llm.float()
@@ -368,21 +369,6 @@ class CosyVoiceTTS(TTSBackend):
                     chunk = AudioChunk(wav, self.sample_rate, start)
                     start = chunk.end
                     yield chunk
-
-
-def _load_llm(model_dir: Path, device):
-    """CosyVoice 2's LLM as the upstream CosyVoice2 builds it: cosyvoice2.yaml's ``llm`` with
-    llm.pt (flow and HiFT are left out of this second read of the config)."""
-    import torch
-    from hyperpyyaml import load_hyperpyyaml
-
-    with open(model_dir / "cosyvoice2.yaml", encoding="utf-8") as f:
-        configs = load_hyperpyyaml(f, overrides={
-            "qwen_pretrain_path": str(model_dir / "CosyVoice-BlankEN"), "flow": None, "hift": None})
-    llm = configs["llm"]
-    llm.load_state_dict(torch.load(model_dir / "llm.pt", map_location=device, weights_only=True),
-                        strict=True)
-    return llm.to(device).eval()
 
 
 def _speakers(spk2info: Path) -> list[str]:
