@@ -55,10 +55,11 @@ def processes() -> Iterator[tuple[int, str, float]]:
 
 
 def deployment_of(cmd: str) -> str | None:
-    """The Serve deployment a replica process serves ("ServeReplica:<app>:<deployment>"), or None."""
+    """The Serve deployment a replica process serves ("ServeReplica:<app>:<deployment>"), or None.
+    While a method runs Ray adds its name ("...:Media.perform_graceful_shutdown" as a replica drains)."""
     if "ServeReplica:" not in cmd:
         return None
-    return cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+    return cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1].split(".", 1)[0]
 
 
 def cpu_seconds() -> dict[str, float]:
