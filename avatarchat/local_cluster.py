@@ -217,6 +217,19 @@ class ServeCluster:
             raise
         return self
 
+    def failed_startup(self, timeout_s: float = 300) -> str:
+        """Start Ray and `serve run`, expecting start-up to fail; stop, and return what the start-up
+        check said up to its log excerpt (the failing stage and reason). Raises if it started."""
+        try:
+            self.start_ray()
+            self.start_serve()
+            check = self.startup_check(timeout_s)
+        finally:
+            self.stop()
+        if check.returncode != 1:
+            raise AssertionError(f"start-up did not fail (exit {check.returncode}):\n{check.stderr}")
+        return check.stderr.split("---")[0]
+
     def start_side_sessions(self, timeout_s: float = 120) -> str:
         """Start signaling/standalone.py (the sessions in a plain process beside Ray) on this
         cluster; returns its URL. stop() ends it."""

@@ -11,15 +11,7 @@ def test_missing_model_file_fails_startup_naming_the_stage():
     doc["applications"][0]["args"]["stages"] = {
         "asr": {"backend": "scripted"}, "tts": {"backend": "scripted"}, "avatar": {"backend": "scripted"},
         "llm": {"backend": "llama_cpp", "model_path": "/nonexistent/model.gguf"}}
-    cluster = ServeCluster(doc)
-    try:
-        cluster.start_ray()
-        cluster.start_serve()
-        check = cluster.startup_check(300)
-    finally:
-        cluster.stop()
-    assert check.returncode == 1
-    first_lines = check.stderr.split("---")[0]
+    first_lines = ServeCluster(doc).failed_startup(300)
     assert "START-UP FAILED" in first_lines
     assert "deployment LLM: avatarchat.errors.StageLoadError: stage 'llm' (backend 'llama_cpp') failed to load" in first_lines
     assert "/nonexistent/model.gguf" in first_lines

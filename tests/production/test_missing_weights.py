@@ -17,14 +17,7 @@ def test_unfetched_weights_stop_start_up_with_the_fetch_command(tmp_path):
     empty = tmp_path / "models"
     empty.mkdir()
     cluster = ServeCluster(doc, num_cpus=4, num_gpus=1, extra_env={"AVATAR_CHAT_MODELS": str(empty)})
-    try:
-        cluster.start_ray()
-        cluster.start_serve()
-        check = cluster.startup_check(300)
-    finally:
-        cluster.stop()
-    assert check.returncode == 1
-    first_lines = check.stderr.split("---")[0]
+    first_lines = cluster.failed_startup(300)
     assert "START-UP FAILED" in first_lines
     assert "stage 'llm' (backend 'vllm') failed to load" in first_lines
     assert str(empty / "qwen2.5-1.5b-instruct") in first_lines
