@@ -25,3 +25,7 @@ class BadInput(ValueError):
     def __init__(self, reason: str, status: int = 400):
         self.reason, self.status = reason, status
         super().__init__(reason)
+
+
+class NoBrowserAvatar(Exception):
+    """GET /v1/avatar where the avatar draws its own frames: the page has no face to draw."""

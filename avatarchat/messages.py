@@ -132,6 +132,42 @@ class FaceMotion:
 
 
 @dataclass(frozen=True, slots=True)
+class VideoFrame:
+    """A frame an avatar backend drew itself (MuseTalk, LiteAvatar), as JPEG: what crosses Ray from
+    a frame generator to the media plane is ~40 kB a 512x512 frame where raw RGB is 786 kB. Decoded
+    next to the video encoder, like a FaceMotion is rendered there."""
+
+    jpeg: bytes
+    width: int
+    height: int
+
+    @classmethod
+    def from_rgb(cls, image: np.ndarray, quality: int = 90) -> "VideoFrame":
+        """Encode an (H, W, 3) uint8 RGB image."""
+        import cv2
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"VideoFrame needs (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        return cls(buf.tobytes(), int(image.shape[1]), int(image.shape[0]))
+
+    def rgb(self) -> np.ndarray:
+        """The (H, W, 3) uint8 RGB image."""
+        import cv2
+
+        bgr = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("VideoFrame holds no decodable JPEG")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+Frame = FaceMotion | VideoFrame  # what an AvatarChunk carries per video frame
+
+
+@dataclass(frozen=True, slots=True)
 class AvatarChunk(Message):
     """A slice of the reply as it will be played: audio plus the video frames that go with it.
 
@@ -141,7 +177,7 @@ class AvatarChunk(Message):
     """
 
     audio: AudioChunk
-    frames: tuple[FaceMotion, ...]
+    frames: tuple[Frame, ...]  # FaceMotion from motion avatars, VideoFrame from frame-drawing ones
     first_frame: int
     fps: int
     text: str = ""

@@ -162,8 +162,8 @@ class Turn:
                         if self.timings.avatar_first_frame is None:
                             self.timings.avatar_first_frame = watch.elapsed() - tts_at
                             self.timings.input_to_first_frame = watch.elapsed()
-                        if chunk.frames:
-                            previous = chunk.frames[-1]
+                        if chunk.frames and isinstance(chunk.frames[-1], FaceMotion):
+                            previous = chunk.frames[-1]  # motion carries on into the next sentence
                         await pacer.wait_until(chunk.audio.start)
                         await out.put(chunk)
                     stage = "tts"

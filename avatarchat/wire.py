@@ -1,6 +1,7 @@
 """JSON encoding of turn events for HTTP (NDJSON lines) and data channels.
 
-Audio travels as base64 16-bit PCM; frames as lists of FaceMotion numbers (see FaceMotion.as_list).
+Audio travels as base64 16-bit PCM; frames as lists of FaceMotion numbers (see FaceMotion.as_list),
+or, from an avatar that draws its own frames, as base64 JPEGs with their width and height.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from avatarchat.audio import from_pcm16, to_pcm16
 from avatarchat.events import ReplyDone, StateChanged, TurnFailed
 from avatarchat.messages import (AudioChunk, AvatarChunk, FaceMotion, TextDelta, Transcript,
-                                 TurnTimings)
+                                 TurnTimings, VideoFrame)
 
 FACE_MOTION_FIELDS = list(FaceMotion.__dataclass_fields__)
 
@@ -38,14 +39,25 @@ def encode(event: Any) -> dict:
         return {"type": "media", "sentence": event.sentence, "text": event.text,
                 "sample_rate": event.audio.sample_rate, "start": event.audio.start,
                 "pcm16": base64.b64encode(to_pcm16(event.audio.samples).tobytes()).decode("ascii"),
-                "fps": event.fps, "first_frame": event.first_frame,
-                "frames": [[round(v, 4) for v in f.as_list()] for f in event.frames]}
+                "fps": event.fps, "first_frame": event.first_frame, **_frames(event.frames)}
     raise TypeError(f"no wire encoding for {type(event).__name__}")
+
+
+def _frames(frames) -> dict:
+    """FaceMotion numbers ("frames"), or a frame-drawing avatar's JPEGs ("jpeg", base64)."""
+    if frames and isinstance(frames[0], VideoFrame):
+        return {"width": frames[0].width, "height": frames[0].height,
+                "jpeg": [base64.b64encode(f.jpeg).decode("ascii") for f in frames]}
+    return {"frames": [[round(v, 4) for v in f.as_list()] for f in frames]}
 
 
 def decode_media(obj: dict) -> AvatarChunk:
     samples = from_pcm16(base64.b64decode(obj["pcm16"]))
     audio = AudioChunk(np.asarray(samples, np.float32), int(obj["sample_rate"]), float(obj["start"]))
-    frames = tuple(FaceMotion.from_list(f) for f in obj["frames"])
+    if "jpeg" in obj:  # drawn by the avatar (musetalk, liteavatar)
+        w, h = int(obj["width"]), int(obj["height"])
+        frames = tuple(VideoFrame(base64.b64decode(f), w, h) for f in obj["jpeg"])
+    else:
+        frames = tuple(FaceMotion.from_list(f) for f in obj["frames"])
     return AvatarChunk(audio=audio, frames=frames, first_frame=int(obj["first_frame"]),
                        fps=int(obj["fps"]), text=obj.get("text", ""), sentence=int(obj.get("sentence", 0)))

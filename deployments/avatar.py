@@ -1,7 +1,9 @@
-"""The avatar stage as a Serve deployment: speech audio in, audio + face motion per frame out.
+"""The avatar stage as a Serve deployment: speech audio in, audio + a frame per video frame out.
 
-What crosses Ray is FaceMotion (a few numbers per frame), not pixels: the renderer that turns it
-into frames runs where the frames are encoded (see docs/architecture.md).
+Frame-drawing avatars (musetalk, liteavatar) run here, where their GPU is, and send JPEG frames;
+motion avatars send FaceMotion (a few numbers a frame) and are rendered where the frames are
+encoded. The portrait runs inside the media process instead (``runs_with_media``); this deployment
+still serves it to the HTTP turn API (POST /v1/turns). See avatarchat/backends/avatar/base.py.
 """
 
 from collections.abc import AsyncIterator
@@ -26,5 +28,9 @@ class AvatarDeployment(StageDeployment):
         async for chunk in self._stream(self.backend.animate(request)):
             yield chunk
 
+    def idle_frames(self) -> list:
+        """A frame-drawing avatar's silent loop (VideoFrame list), fetched once by each media process."""
+        return self.backend.idle_frames()
+
     def describe(self) -> dict:
-        return {"pack": self.backend.pack, "fps": self.backend.fps}
+        return {"pack": self.backend.pack, "fps": self.backend.fps, "draws_frames": self.backend.draws_frames}

@@ -24,12 +24,16 @@ async def _relay(response) -> AsyncIterator:
 
 
 class HandlePorts:
+    """``local_avatar``: an avatar backend loaded in this process (a motion avatar that
+    ``runs_with_media``, avatarchat/avatar/media_avatar.py), called instead of the deployment."""
+
     def __init__(self, asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle,
-                 avatar: DeploymentHandle):
+                 avatar: DeploymentHandle, local_avatar=None):
         self.asr = asr
         self.llm = llm.options(stream=True)
         self.tts = tts.options(stream=True)
         self.avatar = avatar.options(stream=True)
+        self.local_avatar = local_avatar
 
     async def transcribe(self, audio: AudioChunk) -> Transcript:
         return await self.asr.transcribe.remote(audio)
@@ -41,4 +45,6 @@ class HandlePorts:
         return _relay(self.tts.synthesize.remote(text, language))
 
     def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
+        if self.local_avatar is not None:
+            return self.local_avatar.animate(request)
         return _relay(self.avatar.animate.remote(request))

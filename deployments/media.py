@@ -33,6 +33,8 @@ from avatarchat.priority import ask_for_priority
 from avatarchat.process_stats import process_stats
 from deployments.handle_ports import HandlePorts
 from avatarchat.webrtc.offers import BadOffer
+from avatarchat.avatar.media_avatar import media_avatar
+from avatarchat.errors import NoBrowserAvatar
 from avatarchat.webrtc.service import SessionService, session_deps
 from avatarchat.webrtc.sessions import Full, TooManyPending
 
@@ -89,15 +91,17 @@ async def application_is_deleted() -> bool:
     max_constructor_retry_count=3,  # a missing model file does not fix itself
 )
 class MediaDeployment:
-    def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):
+    async def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):  # async: asks Avatar
         ask_for_priority(config.priority.media_niceness, "Media (live sessions)")
         self.config = config
         self.replica = replica_name()
         self.node = node_of_this_process()
         vad = create_backend(config.stage("vad"))
         end_of_turn = create_backend(config.stage("end_of_turn"))
-        self.sessions = SessionService(config.sessions, session_deps(config, HandlePorts(asr, llm, tts, avatar),
-                                                                     vad, end_of_turn), owner=self.replica)
+        here = await media_avatar(config.stage("avatar"), avatar)  # in-process, or by the deployment
+        ports = HandlePorts(asr, llm, tts, avatar, local_avatar=here.local)
+        self.sessions = SessionService(config.sessions, session_deps(config, ports, vad, here.painter, end_of_turn),
+                                       owner=self.replica)
         log.info("media replica %s on node %s: up to %d sessions, ICE host addresses %s", self.replica,
                  self.node["node_ip"], config.sessions.max_sessions, self.sessions.host_addresses)
 
@@ -124,8 +128,12 @@ class MediaDeployment:
         return {"replica": self.replica, **self.node, **self.sessions.describe(),
                 "sessions": self.sessions.stats()}
 
-    async def browser_pack(self) -> bytes:
-        return await self.sessions.browser_pack()
+    async def browser_pack(self) -> bytes | None:
+        """The pack for render=browser; None when the avatar draws its own frames."""
+        try:
+            return await self.sessions.browser_pack()
+        except NoBrowserAvatar:
+            return None
 
     async def diagnostics(self, replica: str | None = None) -> dict:
         # async: on the replica's event loop, where its asyncio tasks can be counted (a sync method

@@ -18,6 +18,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
 from avatarchat.config import Sessions as SessionOptions
+from avatarchat.errors import NoBrowserAvatar
 from avatarchat.webrtc.offers import BadOffer
 from avatarchat.webrtc.sessions import Full, TooManyPending, owner_of
 
@@ -105,7 +106,8 @@ class MediaPlane:
         sessions = [{**s, "replica": r["replica"]} for r in replicas for s in r["sessions"]]
         return {"active_sessions": sum(r["active_sessions"] for r in replicas),
                 "max_sessions": sum(r["max_sessions"] for r in replicas),
-                "render": list(self.options.render),
+                # what the replicas offer (less browser when the avatar draws its own frames)
+                "render": replicas[0]["render"] if replicas else list(self.options.render),
                 "sessions": sessions,
                 "replicas": [{k: r[k] for k in ("replica", "node_id", "node_ip", "active_sessions", "max_sessions")}
                              for r in replicas]}
@@ -118,5 +120,9 @@ class MediaPlane:
 
     async def browser_pack(self) -> bytes:
         if self._browser_pack is None:  # the same pack on every replica: fetched once
-            self._browser_pack = await self.media.browser_pack.remote()
+            pack = await self.media.browser_pack.remote()
+            if pack is None:
+                raise NoBrowserAvatar("the avatar draws its own frames: there is no face for the "
+                                      "page to draw (render=server sessions show them)")
+            self._browser_pack = pack
         return self._browser_pack

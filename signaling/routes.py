@@ -7,7 +7,8 @@
     DELETE /v1/sessions/{id}   -> 204 (404 when unknown)
     GET    /v1/sessions        -> {"active_sessions": n, "max_sessions": m, "render": modes,
                                    "sessions": [counters]}
-    GET    /v1/avatar          -> the avatar pack for drawing the face in the browser (JSON)
+    GET    /v1/avatar          -> the avatar pack for drawing the face in the browser (JSON); 404 when
+                                  the avatar draws its own frames (no render=browser)
 
 Errors are JSON ``{"error": reason}``: 400 bad SDP, 413 offer over ``sessions.max_offer_bytes``,
 415 another content type, 429 + Retry-After when the client's address already holds
@@ -25,7 +26,7 @@ from typing import Protocol
 from fastapi import Request, Response
 
 from avatarchat.config import Sessions as SessionOptions
-from avatarchat.errors import BadInput
+from avatarchat.errors import BadInput, NoBrowserAvatar
 from avatarchat.http_io import json_error, media_type, read_body
 from avatarchat.webrtc.offers import BadOffer
 from avatarchat.webrtc.sessions import Full, TooManyPending
@@ -82,8 +83,11 @@ async def delete_session(service: SessionPlane, session_id: str) -> Response:
 async def avatar_for_browser(service: SessionPlane) -> Response:
     """The pack as the page draws it in render=browser sessions (avatarchat/avatar/browser_pack.py):
     ~0.5 MB of JSON, cacheable for as long as the process lives."""
-    return Response(await service.browser_pack(), media_type="application/json",
-                    headers={"Cache-Control": "private, max-age=300"})
+    try:
+        pack = await service.browser_pack()
+    except NoBrowserAvatar as err:
+        return json_error(404, str(err))
+    return Response(pack, media_type="application/json", headers={"Cache-Control": "private, max-age=300"})
 
 
 async def count_sessions(service: SessionPlane) -> dict:

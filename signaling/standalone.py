@@ -10,6 +10,7 @@ compare the two placements; docs/architecture.md records the result and which on
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 
 import ray
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from ray import serve
 
 from avatarchat.access import check_access, load_policy
+from avatarchat.avatar.media_avatar import media_avatar
 from avatarchat.backends.base import create_backend
 from avatarchat.config import app_args_from_serve_config, parse_config
 from deployments.handle_ports import HandlePorts
@@ -29,8 +31,10 @@ def build(config_path: str, app_name: str = "avatar", host: str = "127.0.0.1") -
     config = parse_config(app_args_from_serve_config(config_path), source=config_path)
     policy = load_policy(config.access, host, config_path)  # the Gateway's tokens and refusals
     handles = [serve.get_deployment_handle(name, app_name) for name in ("ASR", "LLM", "TTS", "Avatar")]
+    here = asyncio.run(media_avatar(config.stage("avatar"), handles[-1]))
     service = SessionService(config.sessions, session_deps(
-        config, HandlePorts(*handles), create_backend(config.stage("vad")), create_backend(config.stage("end_of_turn"))))
+        config, HandlePorts(*handles, local_avatar=here.local), create_backend(config.stage("vad")),
+        here.painter, create_backend(config.stage("end_of_turn"))))
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield

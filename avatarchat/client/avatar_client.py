@@ -129,6 +129,7 @@ class Received:
     event_times: list[float] = field(default_factory=list)
     # render=browser sessions: the face as numbers, one per frame (arrival time, frame index, motion)
     motions: list[tuple[float, int, FaceMotion]] = field(default_factory=list)
+    frame_size: tuple[int, int] | None = None  # (width, height) of the last video frame
 
     def audio_samples(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -258,6 +259,7 @@ class AvatarClient:
             except MediaStreamError:
                 return
             r.video_times.append(time.monotonic())
+            r.frame_size = (frame.width, frame.height)
             if len(r.thumbnails) >= self.keep_frames:
                 continue
             r.thumbnails.append(frame.reformat(width=32, height=32, format="rgb24").to_ndarray())

@@ -23,15 +23,20 @@ from avatarchat.client import cert, models_cli
 from avatarchat.client.turn_client import TurnClient, TurnError
 
 
-def render_reply(result, pack_name: str, out: Path) -> dict:
-    """Draw the reply's frames with the avatar pack and write them with the audio as an MP4."""
-    from avatarchat.avatar.pack import AvatarPack
-    from avatarchat.avatar.renderer import PortraitRenderer
+def render_reply(result, pack_name: str | None, out: Path) -> dict:
+    """Write the reply's frames with its audio as an MP4: drawn with the avatar pack (motion
+    avatars), or as the avatar drew them (``pack_name`` None)."""
     from avatarchat.media_file import write_mp4
 
     t0 = time.perf_counter()
-    renderer = PortraitRenderer(AvatarPack.load(pack_name))
-    frames = (renderer.render(m) for m in result.frames())
+    if pack_name is None:
+        frames = (f.rgb() for f in result.frames())
+    else:
+        from avatarchat.avatar.pack import AvatarPack
+        from avatarchat.avatar.renderer import PortraitRenderer
+
+        renderer = PortraitRenderer(AvatarPack.load(pack_name))
+        frames = (renderer.render(m) for m in result.frames())
     write_mp4(out, frames, result.fps, result.audio(), result.sample_rate)
     return {"render_and_encode_s": time.perf_counter() - t0}
 

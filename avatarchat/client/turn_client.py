@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 
 from avatarchat import wire
-from avatarchat.messages import AvatarChunk, ChatMessage, FaceMotion
+from avatarchat.messages import AvatarChunk, ChatMessage, FaceMotion, Frame
 
 
 class TurnError(RuntimeError):
@@ -46,12 +46,13 @@ class TurnResult:
         return (np.concatenate([c.audio.samples for c in self.chunks]) if self.chunks
                 else np.zeros(0, np.float32))
 
-    def frames(self) -> list[FaceMotion]:
-        """Every frame of the reply in order; a gap (never expected) repeats the previous frame."""
+    def frames(self) -> list[Frame]:
+        """Every frame of the reply in order (FaceMotion, or VideoFrame from an avatar that draws
+        its own); a gap (never expected) repeats the previous frame."""
         by_index = {c.first_frame + i: f for c in self.chunks for i, f in enumerate(c.frames)}
         if not by_index:
             return []
-        out, last = [], FaceMotion()
+        out, last = [], by_index[min(by_index)] if min(by_index) > 0 else FaceMotion()
         for k in range(max(by_index) + 1):
             last = by_index.get(k, last)
             out.append(last)

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from avatarchat.messages import AvatarChunk, FaceMotion
+from avatarchat.messages import AvatarChunk, FaceMotion, Frame
 from avatarchat.audio import StreamResampler
 from avatarchat.pacing import REAL_CLOCK, AsyncClock, MediaClock
 
@@ -38,7 +38,7 @@ class Playout:
         self._audio: deque[np.ndarray] = deque()   # 48 kHz pieces, oldest first
         self._queued = 0                            # samples in _audio
         self._head_reply_t = 0.0                    # reply time of the FIFO's first sample
-        self._frames: dict[int, FaceMotion] = {}    # reply frame index -> motion
+        self._frames: dict[int, Frame] = {}         # reply frame index -> its frame
         self._resampler: StreamResampler | None = None
         self._heard: tuple[float, float] | None = None  # (media time, reply time) of the last audio frame
         self._reply_open = False
@@ -163,8 +163,9 @@ class Playout:
             self._heard = None
         return np.zeros(AUDIO_FRAME_SAMPLES, np.float32)
 
-    def motion(self, media_t: float) -> tuple[FaceMotion, bool]:
-        """The face to show at ``media_t`` and whether it is a speaking frame."""
+    def frame_at(self, media_t: float) -> tuple[Frame, bool]:
+        """The frame to show at ``media_t`` and whether it is a speaking frame: the reply's frame
+        (FaceMotion or a drawn VideoFrame) being heard, else the idle face (a FaceMotion)."""
         if self._heard is not None and self._frames and not self.held:
             heard_media, heard_reply = self._heard
             reply_t = heard_reply + min(max(media_t - heard_media, 0.0), AUDIO_FRAME_S)
@@ -176,7 +177,8 @@ class Playout:
                 if abs(nearest - k) <= 2:
                     motion = self._frames[nearest]
             if motion is not None:
-                self._last_face = (media_t, motion)
+                if isinstance(motion, FaceMotion):  # its expression eases out into the idle face
+                    self._last_face = (media_t, motion)
                 return motion, True
         return self._idle(media_t), False
 

@@ -57,7 +57,7 @@ class MotionSender:
                 skip_to = int(clock.now() * fps)
                 self.frames_skipped += max(0, skip_to - k)
                 k = skip_to
-            motion, speaking = self.playout.motion(k / fps)
+            motion, speaking = self.playout.frame_at(k / fps)
             try:
                 channel.send(pack(k, motion, speaking))
             except Exception:  # noqa: BLE001 - the channel closed under us; the session ends it

@@ -16,8 +16,9 @@ import weakref
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from avatarchat.avatar.painter import FramePainter
 from avatarchat.config import ServiceConfig, Sessions as SessionOptions
-from avatarchat.errors import ConfigError
+from avatarchat.errors import ConfigError, NoBrowserAvatar
 from avatarchat.metrics import session_metrics
 from avatarchat.ports import StagePorts
 from avatarchat.webrtc import sctp_guard
@@ -81,17 +82,24 @@ def ice_configuration(options: SessionOptions) -> RTCConfiguration:
         for s in ice_servers(options)])
 
 
-def session_deps(config: ServiceConfig, ports: StagePorts, vad, turn=None) -> SessionDeps:
-    """What the sessions of one server share: stage ports, the loaded VAD and end-of-turn models,
-    and the renderer."""
-    from avatarchat.avatar.pack import AvatarPack
-    from avatarchat.avatar.renderer import PortraitRenderer
-
-    avatar = config.stage("avatar").options
-    renderer = PortraitRenderer(AvatarPack.load(getattr(avatar, "pack", "astronaut")))
-    return SessionDeps(ports=ports, vad=vad, renderer=renderer, fps=getattr(avatar, "fps", 25),
+def session_deps(config: ServiceConfig, ports: StagePorts, vad, painter: FramePainter,
+                 turn=None) -> SessionDeps:
+    """What the sessions of one process share: stage ports, the loaded VAD and end-of-turn models,
+    and the avatar's painter (avatarchat/avatar/media_avatar.py makes it)."""
+    return SessionDeps(ports=ports, vad=vad, painter=painter,
                        limits=config.limits, pacing=config.pacing, sessions=config.sessions,
                        interruption=config.interruption, metrics=session_metrics(), turn=turn)
+
+
+def render_modes(options: SessionOptions, painter: FramePainter) -> tuple[str, ...]:
+    """The render modes offered: ``sessions.render`` less ``browser`` when the avatar draws its
+    own frames (the page can draw only face motion). None left is a configuration error."""
+    modes = tuple(m for m in options.render if m != "browser" or painter.draws_in_browser)
+    if not modes:
+        raise ConfigError("config", "sessions.render",
+                          f"{list(options.render)} leaves no mode for an avatar that draws its own "
+                          "frames: add server (the page can draw only face motion)")
+    return modes
 
 
 class SessionService:
@@ -101,6 +109,7 @@ class SessionService:
     def __init__(self, options: SessionOptions, deps: SessionDeps, owner: str = "local"):
         check_ice_secrets(options)
         self.options, self.deps, self.owner = options, deps, owner
+        self.render_modes = render_modes(options, deps.painter)
         self.registry = SessionRegistry(options, deps.clock, on_count=deps.metrics.active_sessions)
         self._seed = 0
         self._browser_pack: bytes | None = None
@@ -115,10 +124,13 @@ class SessionService:
     def render_mode(self, requested: str | None) -> str:
         """The render mode for a new session: ``requested`` if this deployment offers it, else
         the configured default (the first of ``sessions.render``). Raises BadOffer."""
-        modes = self.options.render
+        modes = self.render_modes
         if requested is None or requested == "":
             return modes[0]
         if requested not in modes:
+            if requested == "browser" and "browser" in self.options.render:
+                raise BadOffer("render='browser' is not offered here: the avatar draws its own "
+                               f"frames, which the page cannot; this service offers {', '.join(modes)}")
             raise BadOffer(f"render={requested!r} is not offered here; sessions.render allows "
                            f"{', '.join(modes)}")
         return requested
@@ -165,7 +177,7 @@ class SessionService:
 
     def describe(self) -> dict:
         return {"active_sessions": len(self.registry), "max_sessions": self.options.max_sessions,
-                "render": list(self.options.render)}
+                "render": list(self.render_modes)}
 
     async def describe_sessions(self) -> dict:
         """GET /v1/sessions from this one process."""
@@ -173,12 +185,16 @@ class SessionService:
 
     async def browser_pack(self) -> bytes:
         """The avatar pack as the page draws it in render=browser sessions (JSON bytes, built once)."""
+        if not self.deps.painter.draws_in_browser:
+            raise NoBrowserAvatar("the avatar draws its own frames: there is no face for the page "
+                                  "to draw (render=server sessions show them)")
         if self._browser_pack is None:
             import json
 
             from avatarchat.avatar.browser_pack import browser_pack
 
-            self._browser_pack = json.dumps(browser_pack(self.deps.renderer), separators=(",", ":")).encode()
+            self._browser_pack = json.dumps(browser_pack(self.deps.painter.renderer),
+                                            separators=(",", ":")).encode()
         return self._browser_pack
 
     def stats(self) -> list[dict]:

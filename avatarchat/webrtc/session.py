@@ -23,7 +23,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from avatarchat.audio import StreamResampler
-from avatarchat.avatar.renderer import PortraitRenderer
+from avatarchat.avatar.painter import FramePainter
 from avatarchat.config import Interruption, Limits, Pacing, Sessions
 from avatarchat.conversation.core import Conversation
 from avatarchat.conversation.measures import TurnClock
@@ -62,12 +62,11 @@ def _keep(task: asyncio.Task) -> asyncio.Task:
 
 @dataclass
 class SessionDeps:
-    """What every session of one gateway shares: stage ports, the loaded VAD, the renderer."""
+    """What every session of one media process shares: stage ports, the loaded VAD, the painter."""
 
     ports: StagePorts
     vad: object               # a loaded VAD backend; each session takes its own new_stream()
-    renderer: PortraitRenderer
-    fps: int
+    painter: FramePainter     # the avatar's frames to pixels (avatarchat/avatar/painter.py)
     limits: Limits
     pacing: Pacing
     sessions: Sessions = Sessions()
@@ -92,13 +91,13 @@ class Session:
         self._tasks: set[asyncio.Task] = set()
         self._close_task: asyncio.Task | None = None
         self.conversation = Conversation(
-            ports=deps.ports, send=self.send, fps=deps.fps, limits=deps.limits, pacing=deps.pacing,
+            ports=deps.ports, send=self.send, fps=deps.painter.fps, limits=deps.limits, pacing=deps.pacing,
             segmenter=end_of_turn_for(deps.vad, deps.turn, max_utterance_s=deps.limits.max_utterance_s),
             interruption=deps.interruption, metrics=deps.metrics, clock=deps.clock, seed=seed,
             spawn=self._spawn)
         self.created_at = self.conversation.last_input_at
         self.audio_out = AvatarAudioTrack(self.playout)
-        self.video_out = AvatarVideoTrack(self.playout, deps.renderer)
+        self.video_out = AvatarVideoTrack(self.playout, deps.painter)
         self.motion_out = motion_channel.MotionSender(self.playout)
         self._message_budget = TokenBucket(deps.sessions.max_messages_per_s, deps.sessions.message_burst,
                                            deps.clock)

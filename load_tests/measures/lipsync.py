@@ -63,14 +63,23 @@ def sounding(received, times, level: float = 0.02, within_s: float = 0.06) -> np
     return np.minimum(np.abs(times - before), np.abs(times - after)) <= within_s
 
 
-def sound_to_mouth_lag(received, since: float | None = None) -> tuple[float, float]:
+# aiortc's receiver holds audio until 4 packets are buffered (JitterBuffer(capacity=16, prefetch=4)
+# in aiortc/rtcrtpreceiver.py): each 20 ms packet reaches recv() ~3 packets after it arrived, while
+# video frames are released as soon as they are whole. A browser lines both up by their RTP/RTCP
+# timestamps instead, so a sync measure meant to stand for what a person sees takes this off.
+AIORTC_AUDIO_HOLD_S = 3 * 0.02
+
+
+def sound_to_mouth_lag(received, since: float | None = None, audio_hold_s: float = 0.0) -> tuple[float, float]:
     """(lag in s, correlation) of the mouth's movement behind the sound, as an AvatarClient received
     them (``received.mouth`` needs a mouth box; its first frames must be the idle face). The sound
     envelope is the RMS of each received audio piece at its arrival time. ``since``: only what
-    arrived from that time on (e.g. the reply after an interruption)."""
+    arrived from that time on (e.g. the reply after an interruption). ``audio_hold_s``: taken off
+    each audio arrival time (``AIORTC_AUDIO_HOLD_S``: the receiver's own audio delay)."""
     env = np.array([float(np.sqrt(np.mean(a ** 2))) for a in received.audio])
     motion = mouth_motion(received.mouth)
-    at, vt = np.asarray(received.audio_times), np.asarray(received.video_times[:len(motion)])
+    at = np.asarray(received.audio_times) - audio_hold_s
+    vt = np.asarray(received.video_times[:len(motion)])
     if since is not None:
         keep_a, keep_v = at >= since, vt >= since
         at, env, vt, motion = at[keep_a], env[keep_a], vt[keep_v], motion[keep_v]

@@ -12,6 +12,7 @@ import pytest
 from aiortc import rtcsctptransport
 from fastapi import FastAPI, Request
 
+from avatarchat.avatar.media_avatar import painter_for
 from avatarchat.avatar.pack import AvatarPack
 from avatarchat.backends.base import create_backend
 from avatarchat.config import parse_config
@@ -20,6 +21,7 @@ from signaling import routes
 from avatarchat.client.avatar_client import AvatarClient, SessionRefused
 from avatarchat.webrtc.service import SessionService, session_deps
 from avatarchat.webrtc.sessions import session_tag
+from load_tests.measures.lipsync import AIORTC_AUDIO_HOLD_S, envelope_lag
 from tests.helpers import mouth_change, sound_to_mouth_lag
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,16 +29,17 @@ pytestmark = pytest.mark.timeout(120)
 LOOPBACK = ["127.0.0.1"]
 
 
-def make_app(llm: dict | None = None, asr: dict | None = None, **sessions):
+def make_app(llm: dict | None = None, asr: dict | None = None, avatar: str = "portrait", **sessions):
     cfg = parse_config({
         "stages": {"asr": {"backend": "scripted", **(asr or {})}, "llm": {"backend": "scripted", **(llm or {})},
-                   "tts": {"backend": "scripted"}, "avatar": {"backend": "portrait"},
+                   "tts": {"backend": "scripted"}, "avatar": {"backend": avatar},
                    "vad": {"backend": "silero"}},
         "sessions": {"host_addresses": LOOPBACK, "max_sessions": 2, **sessions}})
     backends = {s: create_backend(cfg.stage(s)) for s in ("asr", "llm", "tts", "avatar")}
-    deps = session_deps(cfg, LocalPorts(**backends), create_backend(cfg.stage("vad")))
+    deps = session_deps(cfg, LocalPorts(**backends), create_backend(cfg.stage("vad")), painter_for(backends["avatar"]))
     service = SessionService(cfg.sessions, deps)
     app = FastAPI()
+    app.state.backends = backends
 
     @app.post("/v1/sessions")
     async def create(request: Request):
@@ -542,3 +545,89 @@ async def test_the_avatar_for_the_browser_is_served_once_built():
     assert pack["motion_fields"][:2] == ["mouth_open", "mouth_width"] and len(pack["eyes"]) == 2
     assert pack["image"].startswith("data:image/png;base64,")
     assert (await routes.avatar_for_browser(service)).body is first.body  # built once per process
+
+
+# -- an avatar that draws its own frames (avatarchat/backends/avatar/scripted_frames.py) -------------
+
+async def test_frames_an_avatar_draws_arrive_in_sync_with_its_sound():
+    """The frame-drawing path of the avatar contract end to end over WebRTC: the idle loop while
+    silent, the avatar's own frames while it speaks, timed on the same media clock as the audio.
+    The drawn box's brightness follows the sound, so its lag behind the sound is the A/V offset:
+    within one frame as the session sends them (media time, what a browser lines up by RTP
+    timestamps), and as this client receives them by arrival time (transport included)."""
+    from avatarchat.backends.avatar.scripted_frames import MARK_BOX
+
+    app, service = make_app(avatar="scripted_frames")
+    client = AvatarClient("http://test", host_addresses=LOOPBACK, http_transport=httpx.ASGITransport(app),
+                          mouth_box=MARK_BOX)
+    await client.connect()
+    session = service.registry.get(client.session_id)
+    sent_audio, sent_video = [], []  # (media time, level) as the tracks take them
+    x0, y0, x1, y1 = MARK_BOX
+    paint, audio_frame = session.video_out.painter.paint, session.playout.audio_frame
+
+    def painting(frame, t):
+        image = paint(frame, t)
+        sent_video.append((t, float(image[y0:y1, x0:x1].mean())))
+        return image
+
+    def sounding(t):
+        samples = audio_frame(t)
+        sent_audio.append((t, float(np.sqrt(np.mean(samples ** 2)))))
+        return samples
+
+    session.video_out.painter = SimpleNamespace(paint=painting)
+    session.playout.audio_frame = sounding
+    try:
+        await asyncio.sleep(1.0)  # idle frames first: the box dark
+        client.send_text("What is your name?")
+        await client.wait_for_event(lambda e: e["type"] == "transcript" and e["role"] == "avatar" and e["final"], 30)
+        await asyncio.sleep(1.0)
+        assert client.received.frame_size == (320, 240)
+        boxes = np.array([m.mean() for m in client.received.mouth])
+        assert boxes[:10].max() < 60 and boxes.max() > 120, (boxes[:10], boxes.max())  # idle dark, speech bright
+
+        at, level = np.array(sent_audio).T
+        vt, box = np.array(sent_video).T
+        lag, corr = envelope_lag(at, level, vt, box, step_s=0.005)
+        assert corr > 0.5 and abs(lag) <= 0.04, (lag, corr)  # as sent: within one frame
+        lag, corr = sound_to_mouth_lag(client.received, audio_hold_s=AIORTC_AUDIO_HOLD_S)
+        # as received: the same, plus encoding, transport and decoding (the portrait's bound)
+        assert corr > 0.5 and abs(lag) <= 0.08, (lag, corr)
+    finally:
+        await client.close()
+        await service.close_all()
+
+
+async def test_an_interruption_stops_a_drawing_avatar_and_the_idle_loop_returns():
+    app, service = make_app(avatar="scripted_frames")
+    drawer = app.state.backends["avatar"]
+    client = client_for(app)
+    await client.connect()
+    try:
+        client.send_text("Tell me a story.")
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "speaking"}, 20)
+        session = service.registry.get(client.session_id)
+        client.interrupt()
+        await client.wait_for_event(lambda e: e == {"type": "state", "state": "listening"}, 5,
+                                    start=len(client.received.events) - 1)
+        drawn = drawer.frames_drawn
+        await asyncio.sleep(0.5)
+        assert drawer.frames_drawn == drawn, "the avatar kept drawing after the interruption"
+        assert not session.playout.speaking
+        shown, speaking = session.playout.frame_at(session.playout.clock.now())
+        assert not speaking and type(shown).__name__ == "FaceMotion"  # the painter shows the idle loop
+    finally:
+        await client.close()
+        await service.close_all()
+
+
+async def test_render_browser_is_refused_for_an_avatar_that_draws_its_own_frames():
+    app, service = make_app(avatar="scripted_frames", render=["browser", "server"])
+    assert service.render_modes == ("server",)
+    client = AvatarClient("http://test", host_addresses=LOOPBACK, http_transport=httpx.ASGITransport(app),
+                          render="browser")
+    with pytest.raises(SessionRefused) as refused:
+        await client.connect()
+    assert refused.value.status == 400 and "draws its own frames" in str(refused.value)
+    await service.close_all()

@@ -96,7 +96,7 @@ def test_happy_and_sad_faces_differ_at_the_mouth_corners():
 def test_the_idle_face_eases_back_to_neutral_after_a_reply():
     playout = Playout(fps=25)
     playout._last_face = (10.0, FaceMotion(smile=0.8, brow=0.15))
-    smiles = [playout.motion(10.0 + k / 25)[0].smile for k in range(1, 200)]
+    smiles = [playout.frame_at(10.0 + k / 25)[0].smile for k in range(1, 200)]
     assert 0.6 < smiles[0] < 0.8 and smiles[-1] == 0.0
     assert np.all(np.diff(smiles) <= 0)
 

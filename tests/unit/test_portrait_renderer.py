@@ -109,7 +109,7 @@ def test_a_minute_of_idle_video_shows_blinks_in_the_eyes(renderer, pack):
     eyes = [pack.regions["right_eye_box"], pack.regions["left_eye_box"]]
     lum, mouth = [], []
     for k in range(60 * 25):
-        motion, speaking = playout.motion(k / 25)
+        motion, speaking = playout.frame_at(k / 25)
         assert not speaking and motion.mouth_open == 0.0
         frame = renderer.render(motion)
         # head sway moves the whole face a pixel or two: compare eyes to their own running level

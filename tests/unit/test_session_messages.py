@@ -74,7 +74,7 @@ def chunk(start_s, seconds, first_frame, opens):
 def test_the_playout_shows_the_frame_of_the_audio_being_heard_then_idles():
     p = Playout(fps=25)
     assert not p.speaking and np.all(p.audio_frame(0.0) == 0)
-    assert p.motion(0.0)[1] is False  # idle face
+    assert p.frame_at(0.0)[1] is False  # idle face
     p.start_reply()
     p.push(chunk(0.0, 0.2, 0, [0.1, 0.2, 0.3, 0.4, 0.5]))
     p.end_reply()
@@ -84,7 +84,7 @@ def test_the_playout_shows_the_frame_of_the_audio_being_heard_then_idles():
         t = 1.0 + n * 0.02  # the session clock is already at 1 s when the reply starts
         heard = p.audio_frame(t)
         assert len(heard) == AUDIO_FRAME_SAMPLES
-        motion, speaking = p.motion(t)
+        motion, speaking = p.frame_at(t)
         shown.append((round(motion.mouth_open, 2) if speaking else None, float(np.abs(heard).max()) > 0.1))
     # frame k is shown while the audio at k/25 s of the reply is heard
     assert shown[0] == (0.1, True) and shown[2] == (0.2, True) and shown[8] == (0.5, True)
@@ -97,7 +97,7 @@ def test_a_flush_drops_the_reply_at_once():
     p.push(chunk(0.0, 1.0, 0, [0.5] * 25))
     p.audio_frame(0.0)
     p.flush()
-    assert not p.speaking and np.all(p.audio_frame(0.02) == 0) and p.motion(0.02)[1] is False
+    assert not p.speaking and np.all(p.audio_frame(0.02) == 0) and p.frame_at(0.02)[1] is False
 
 
 def test_the_playout_holds_at_most_max_buffer_s():

@@ -25,6 +25,7 @@ STRESS_NOD_DEG = 1.6  # head dip (degrees) at full stress (the mouth track's bro
 
 
 class PortraitAvatar(AvatarBackend):
+    runs_with_media = True  # a few FFTs a sentence: cheaper here than a Ray round trip
     class Options(Options):
         pack: str = Field("astronaut", description="avatar pack: a name in avatars/ (or "
                           "$AVATAR_CHAT_AVATARS_DIR) or a directory path")
