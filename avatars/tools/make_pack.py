@@ -17,8 +17,10 @@ legacy FaceMesh models) and ``scikit-image``, never in the service's ``.venv``.
         --licence "public domain (NASA)"
 
 ``INPUT`` is an image file (any format OpenCV reads) or ``skimage:<name>`` for an image from
-``skimage.data``. The image is cropped to a square around the face only if it is not square and is
-then resized to ``--size`` (512 by default).
+``skimage.data``. ``--framing head-and-shoulders`` (the default) crops a square around the head and
+shoulders (the face ~36 % of its height; pack.yaml records the crop); ``--framing photo`` keeps the
+whole photo, cropped to a square around the face only if it is not square. Either is then resized
+to ``--size`` (512 by default). Replacing a pack (``--force``) keeps its voice section and clip.
 
 The photo is checked first, and refused (exit status 2, one line on stderr starting ``make_pack:``
 that says what is wrong) when it cannot be read, has no face or more than one, when the face is
@@ -252,6 +254,28 @@ def check_photo(rgb: np.ndarray, where: str, size: int) -> np.ndarray:
     return meshes[0]
 
 
+# Head and shoulders: the square's side is this many face heights (forehead to chin), so the face
+# fills ~36 % of the frame's height (the whole-photo framing of the NASA portrait left 20 %), with
+# this many face heights of room above the forehead for the hair.
+HEAD_AND_SHOULDERS_SIDE = 2.8
+HEAD_ROOM = 0.55
+
+
+def head_and_shoulders_box(shape: tuple[int, ...], pts: np.ndarray) -> tuple[int, int, int, int]:
+    """The square [x0, y0, x1, y1] of the photo that shows the head and shoulders of the face with
+    landmarks ``pts``: centred on the face across, the forehead ``HEAD_ROOM`` face heights below
+    its top edge, shifted (never shrunk) to stay inside the photo; the whole photo's shorter side
+    if the square would not fit."""
+    h, w = shape[:2]
+    face_h = face_height(pts)
+    side = int(round(min(HEAD_AND_SHOULDERS_SIDE * face_h, h, w)))
+    cx = float(pts[:, 0].mean())
+    top = float(pts[10, 1]) - HEAD_ROOM * face_h
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    y0 = int(np.clip(round(top), 0, h - side))
+    return x0, y0, x0 + side, y0 + side
+
+
 def square_around_face(rgb: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """The largest square of the photo centred (as far as it fits) on landmarks ``pts``."""
     h, w = rgb.shape[:2]
@@ -423,6 +447,26 @@ def box(pts: np.ndarray, idx: list[int], pad_x: float, pad_y_top: float, pad_y_b
     return [int(np.clip(round(v), 0, size)) for v in b]
 
 
+def kept_voice(pack_dir: Path) -> tuple[str, list[Path]]:
+    """A replaced pack's voice (its ``voice:`` section of pack.yaml, with the comment lines just
+    above it, verbatim, and the clip it names): remaking the picture keeps the voice."""
+    meta_path = pack_dir / "pack.yaml"
+    if not meta_path.is_file():
+        return "", []
+    lines = meta_path.read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("voice:")), None)
+    if start is None:
+        return "", []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace()),
+               len(lines))
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    section = "".join(lines[start:end])
+    clip = re.search(r"^\s+prompt_wav:\s*\"?([^\"\n]+?)\"?\s*$", section, re.M)
+    files = [pack_dir / clip.group(1)] if clip and (pack_dir / clip.group(1)).is_file() else []
+    return section, files
+
+
 def to_yaml(value, indent: int = 0) -> str:
     """A minimal YAML writer for nested dicts of strings, numbers and flat lists (no PyYAML here)."""
     pad = "  " * indent
@@ -444,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name", help="pack name: writes avatars/<name>/")
     ap.add_argument("--size", type=int, default=512, help="square output size in pixels")
     ap.add_argument("--fps", type=int, default=25, help="video frame rate the pack is made for")
+    ap.add_argument("--framing", choices=("head-and-shoulders", "photo"), default="head-and-shoulders",
+                    help="head-and-shoulders (default): a square around the head and shoulders, "
+                         "the face ~36%% of its height; photo: the whole photo, squared around the face")
     ap.add_argument("--source", default="", help="where the image comes from")
     ap.add_argument("--licence", required=True, help="the image's licence")
     ap.add_argument("--out-dir", type=Path, default=PACKS_DIR, help="directory holding packs")
@@ -479,9 +526,16 @@ def make_pack(args: argparse.Namespace) -> None:
             raise PackError(f"mediapipe is not importable in {sys.executable} ({e}): run the tool "
                             "with the python that scripts/make_pack_venv.sh prints") from None
         found = check_photo(rgb, args.input, args.size)
-        rgb = square_around_face(rgb, found)
+        if args.framing == "head-and-shoulders":
+            crop = head_and_shoulders_box(rgb.shape, found)
+            rgb = rgb[crop[1]:crop[3], crop[0]:crop[2]]
+        else:  # the photo as it is, squared around the face
+            rgb = square_around_face(rgb, found)
+            crop = None
         if rgb.shape[0] != args.size:
-            rgb = cv2.resize(rgb, (args.size, args.size), interpolation=cv2.INTER_AREA)
+            shrink = rgb.shape[0] > args.size
+            rgb = cv2.resize(rgb, (args.size, args.size),
+                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
         pts = detect(rgb)
         if pts is None:
             raise PackError(f"the face in {args.input} is lost once the photo is cropped and "
@@ -515,18 +569,24 @@ def make_pack(args: argparse.Namespace) -> None:
         "landmarks": "landmarks.json",
         "image_size": [size, size],
         "fps": args.fps,
+        "framing": args.framing,
+        **({"crop": list(crop)} if crop else {}),  # in the photo's pixels
         "measures": {"face_height_px": round(float(face_h), 1),
                      "mouth_width_px": round(float(mouth_w), 1)},
         "regions": regions,
     }
     header = "# Made by avatars/tools/make_pack.py; boxes are [x0, y0, x1, y1] in pixels.\n"
 
+    voice_text, voice_files = kept_voice(dest) if args.force else ("", [])
+
     def write(out: Path) -> None:
         if not cv2.imwrite(str(out / "image.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_PNG_COMPRESSION, 9]):
             raise PackError(f"cannot write {out / 'image.png'}")
         (out / "landmarks.json").write_text(json.dumps(landmarks, separators=(",", ":")) + "\n")
-        (out / "pack.yaml").write_text(header + to_yaml(meta) + "\n")
+        (out / "pack.yaml").write_text(header + to_yaml(meta) + "\n" + voice_text)
+        for f in voice_files:
+            shutil.copy2(f, out / f.name)
 
     try:
         write_atomically(dest, args.force, write)

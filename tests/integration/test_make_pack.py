@@ -54,8 +54,14 @@ def pack_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def astronaut_bgr() -> np.ndarray:
-    return cv2.imread(str(SHIPPED / "image.png"), cv2.IMREAD_COLOR)
+def astronaut_bgr(pack_python, tmp_path_factory) -> np.ndarray:
+    """The whole NASA photo the shipped pack is cut from (512x512, BGR), from scikit-image in the
+    tool's venv: the refusal tests below edit it at its own coordinates."""
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    subprocess.run([str(pack_python), "-c", "import sys, cv2, skimage.data; "
+                    "cv2.imwrite(sys.argv[1], skimage.data.astronaut()[:, :, ::-1])", str(path)],
+                   check=True, timeout=120)
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
 
 def run_tool(python: Path, image: str, out_dir: Path, *extra: str, name: str = "me"):

@@ -21,7 +21,10 @@ def test_astronaut_pack_loads():
     # the landmarks are on the face: the lips lie inside the mouth box, in the upper half
     assert (lips[:, 0] >= x0).all() and (lips[:, 0] <= x1).all()
     assert (lips[:, 1] >= y0).all() and (lips[:, 1] <= y1).all()
-    assert y1 < 256
+    # head and shoulders: the face fills about a third of the frame's height, the mouth above the middle
+    assert pack.meta["framing"] == "head-and-shoulders"
+    assert 0.3 < pack.meta["measures"]["face_height_px"] / pack.size[1] < 0.45
+    assert y1 < 0.6 * pack.size[1]
     assert "astronaut" in list_packs()
 
 
