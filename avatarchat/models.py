@@ -14,12 +14,23 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 Hub = Literal["modelscope", "huggingface"]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Files a model needs from another repository, fetched into the same directory."""
+
+    hub: Hub
+    repo: str
+    files: tuple[str, ...]  # paths (or glob patterns) in ``repo``
+    subdir: str = ""        # where they go under the model directory; "" is its top
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,12 @@ class ModelSpec:
     backend: str         # the stage.backend that reads it
     mirror: tuple[Hub, str] | None = None
     licence: str = ""
+    # Most models are a whole repository. A model that is a few files of a large one (LiteAvatar's
+    # weights and one avatar of a gallery of a hundred) names them, the files it needs from other
+    # repositories, and the archives among them to unpack where they lie.
+    files: tuple[str, ...] = ()   # paths (or glob patterns) in ``repo``; () is all of it
+    parts: tuple[Part, ...] = ()
+    unpack: tuple[str, ...] = ()
 
 
 CATALOG: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -40,6 +57,16 @@ CATALOG: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("cosyvoice2-0.5b", "CosyVoice 2 0.5B (streaming TTS, 24 kHz, zero-shot voices)",
               "modelscope", "iic/CosyVoice2-0.5B", "tts.cosyvoice",
               mirror=("huggingface", "FunAudioLLM/CosyVoice2-0.5B"), licence="Apache-2.0"),
+    ModelSpec("liteavatar", "LiteAvatar (audio to mouth, ONNX; Paraformer-large speech features; "
+              "the sample avatar of LiteAvatarGallery)",
+              "modelscope", "HumanAIGC-Engineering/LiteAvatarGallery", "avatar.liteavatar",
+              licence="MIT (LiteAvatar); FunASR model licence (Paraformer)",
+              files=("lite_avatar_weights/model_1.onnx", "lite_avatar_weights/model.pb",
+                     "20250408/sample_data.zip"),
+              parts=(Part("modelscope",
+                          "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-pytorch",
+                          ("am.mvn", "config.yaml")),),
+              unpack=("20250408/sample_data.zip",)),
     ModelSpec("qwen2.5-1.5b-instruct", "Qwen2.5 1.5B Instruct (the GPU config's LLM, for vLLM)",
               "huggingface", "Qwen/Qwen2.5-1.5B-Instruct", "llm.vllm",
               mirror=("modelscope", "Qwen/Qwen2.5-1.5B-Instruct"), licence="Apache-2.0"),
@@ -51,6 +78,16 @@ CATALOG: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("whisper-large-v3-turbo", "Whisper large-v3-turbo in CTranslate2 format (faster-whisper)",
               "huggingface", "mobiuslabsgmbh/faster-whisper-large-v3-turbo", "asr.faster_whisper",
               licence="MIT"),
+    # Laid out as upstream's models/ folder (download_weights.sh): musetalkV15/, sd-vae/, whisper/.
+    ModelSpec("musetalk", "MuseTalk 1.5 (lip-sync video avatar: UNet, sd-vae-ft-mse, whisper-tiny)",
+              "huggingface", "TMElyralab/MuseTalk", "avatar.musetalk",
+              licence="MIT (MuseTalk, sd-vae-ft-mse); Apache-2.0 (whisper-tiny)",
+              files=("musetalkV15/musetalk.json", "musetalkV15/unet.pth"),
+              parts=(Part("huggingface", "stabilityai/sd-vae-ft-mse",
+                          ("config.json", "diffusion_pytorch_model.bin"), subdir="sd-vae"),
+                     Part("huggingface", "openai/whisper-tiny",
+                          ("config.json", "pytorch_model.bin", "preprocessor_config.json"),
+                          subdir="whisper"))),
 )}
 
 
@@ -91,18 +128,19 @@ def resolve(configured: Path | str | None, name: str, required: Sequence[str]) -
     return path
 
 
-# hub -> (pip package, function(repo, dest) -> None). Imported only when a fetch runs: neither hub
-# library is needed to serve.
-def _modelscope(repo: str, dest: Path) -> None:
+# hub -> (pip package, function(repo, dest[, files]) -> None): all of ``repo``, or only ``files``
+# (passed only when a spec names some). Imported only when a fetch runs: neither hub library is
+# needed to serve.
+def _modelscope(repo: str, dest: Path, files: Sequence[str] = ()) -> None:
     from modelscope import snapshot_download
 
-    snapshot_download(repo, local_dir=str(dest))
+    snapshot_download(repo, local_dir=str(dest), allow_patterns=list(files) or None)
 
 
-def _huggingface(repo: str, dest: Path) -> None:
+def _huggingface(repo: str, dest: Path, files: Sequence[str] = ()) -> None:
     from huggingface_hub import snapshot_download
 
-    snapshot_download(repo_id=repo, local_dir=str(dest))
+    snapshot_download(repo_id=repo, local_dir=str(dest), allow_patterns=list(files) or None)
 
 
 DOWNLOADERS: dict[Hub, tuple[str, Callable[[str, Path], None]]] = {
@@ -132,10 +170,25 @@ def fetch(name: str, dest: Path | None = None, hub: Hub | None = None,
           downloaders: dict | None = None) -> Path:
     """Download model ``name`` into ``dest`` (default ``<models dir>/<name>``) and return it."""
     which, repo = plan(name, hub)
-    package, download = (downloaders or DOWNLOADERS)[which]
-    if importlib.util.find_spec(package) is None:  # before making the directory: no empty leftovers
-        raise FetchError(f"fetching from {which} needs the {package} package: pip install {package}")
+    spec = CATALOG[name]
+    table = downloaders or DOWNLOADERS
+    sources = [(which, repo, spec.files, "")] + [(p.hub, p.repo, p.files, p.subdir)
+                                                  for p in spec.parts]
+    for source_hub, _, _, _ in sources:  # before making the directory: no empty leftovers
+        package = table[source_hub][0]
+        if importlib.util.find_spec(package) is None:
+            raise FetchError(f"fetching from {source_hub} needs the {package} package: "
+                             f"pip install {package}")
     dest = Path(dest).expanduser() if dest else default_dir(name)
     dest.mkdir(parents=True, exist_ok=True)
-    download(repo, dest)
+    for source_hub, source_repo, files, subdir in sources:
+        download = table[source_hub][1]
+        into = dest / subdir
+        into.mkdir(parents=True, exist_ok=True)
+        if files:
+            download(source_repo, into, files)
+        else:
+            download(source_repo, into)
+    for archive in spec.unpack:  # an archive unpacks next to itself (a.zip holding a/ gives a/)
+        shutil.unpack_archive(dest / archive, (dest / archive).parent)
     return dest

@@ -14,6 +14,10 @@ weights (load_tests/random_models), loads it with the real library and times it:
 - ``llm``: vLLM is not on the GPU machine, so the same shape runs through ``transformers``: prefill
   of a 300-token prompt, then greedy decoding of 64 tokens at batch B. Eager PyTorch without paged
   attention or CUDA graphs: lower bounds for vLLM.
+- ``avatar`` (opt-in: ``--stages asr,tts,llm,avatar``): MuseTalk 1.5's per-frame work, one UNet step
+  (timestep 0, 8 latent channels, 50 whisper-tiny audio tokens) and a VAE decode of B 256x256 faces
+  in one call, as the ``musetalk`` backend batches faces across sessions; plus one whisper-tiny
+  encoder pass over a 30 s window (once per request, not per frame).
 
     python -m load_tests.gpu_check --device cuda              # the GPU run: one JSON document
     python -m load_tests.gpu_check --size tiny --device cpu --batches 1,2 --dtype float32
@@ -37,6 +41,7 @@ numbers into sessions per GPU under an assumption written next to it in the JSON
                real_time_fraction, audio_s_per_stream, audio_s_per_s (all streams together)
       llm      prefill {median_ms, p95_ms}, inter_token_ms, tokens_per_s_per_sequence,
                tokens_per_s_total; lower_bound (vLLM does better)
+      avatar   faces_per_s per batch; whisper_window {median_ms, p95_ms, n}
     stand_ins  modules that were stood in for, and why that is safe; sessions {stage: n}; total_s
 
 ``--size full`` is refused on the CPU: it builds ~2.3 B parameters (~8 GB on disk).
@@ -69,7 +74,8 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("asr", "tts", "llm")
+STAGES = ("asr", "tts", "llm", "avatar")
+DEFAULT_STAGES = ("asr", "tts", "llm")  # the avatar stage runs when asked for
 DTYPES = ("float16", "bfloat16", "float32")
 UPLOAD_LIMIT_MIB = 64  # what reaches the GPU machine: the repository plus any extra wheels
 
@@ -81,6 +87,7 @@ TTS_TEXT_TOKENS = 6  # the random LLM speaks 20 speech tokens per text token (0.
 LLM_PROMPT_TOKENS = 300
 LLM_NEW_TOKENS = 64
 LLM_SESSION_TOK_S = 15.0  # a reply read aloud needs ~15 tokens/s per session
+AVATAR_FPS = 25  # a speaking MuseTalk session needs 25 faces/s
 
 ASSUMPTIONS = {
     "asr": (f"one {ASR_CLIP_S:g} s utterance per session every {ASR_EVERY_S:g} s, the GPU running "
@@ -92,6 +99,9 @@ ASSUMPTIONS = {
     "llm": (f"{LLM_NEW_TOKENS} tokens per turn after a {LLM_PROMPT_TOKENS}-token prompt, at >= "
             f"{LLM_SESSION_TOK_S:g} tokens/s per session while it generates: sessions = the largest "
             "batch whose per-sequence decode rate meets that, i.e. all of them generating at once"),
+    "avatar": (f"a speaking session needs {AVATAR_FPS} faces/s, the GPU running back-to-back batches: "
+               f"sessions = the best faces/s / {AVATAR_FPS}. Silent sessions loop the base video and "
+               "need none, so this counts speakers at once"),
 }
 
 
@@ -547,13 +557,71 @@ def llm_stage(model_dir: Path, args, device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Avatar: MuseTalk 1.5's UNet step and VAE decode per face, whisper-tiny per request
+# ---------------------------------------------------------------------------------------------
+
+def avatar_stage(model_dir: Path, args, device) -> dict:
+    """The models the ``musetalk`` backend runs, loaded as it loads them (its module needs PyAV and
+    OpenCV, which the GPU machine lacks), timed on random inputs of the shapes it feeds them."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import WhisperModel
+
+    dtype = torch_dtype(args.dtype)
+    unet = UNet2DConditionModel.from_config(
+        UNet2DConditionModel.load_config(str(model_dir / "musetalkV15" / "musetalk.json")))
+    unet.load_state_dict(torch.load(model_dir / "musetalkV15" / "unet.pth", map_location="cpu",
+                                    weights_only=True))
+    vae = AutoencoderKL.from_pretrained(str(model_dir / "sd-vae"), use_safetensors=False)
+    whisper = WhisperModel.from_pretrained(str(model_dir / "whisper")).get_encoder()
+    unet, vae, whisper = (m.to(device, dtype).eval().requires_grad_(False) for m in (unet, vae, whisper))
+    width = whisper.config.d_model
+    tokens = 10 * (whisper.config.encoder_layers + 1)  # 10 feature steps per frame, every layer
+    timestep = torch.tensor([0], device=device)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(max(args.batches), 8, 32, 32, generator=generator).to(device, dtype)
+    audio = torch.randn(max(args.batches), tokens, width, generator=generator).to(device, dtype)
+
+    def measure(batch: int) -> dict:
+        def run():
+            with torch.inference_mode():
+                pred = unet(latents[:batch], timestep, encoder_hidden_states=audio[:batch]).sample
+                faces = vae.decode(pred / vae.config.scaling_factor).sample
+            assert faces.shape == (batch, 3, 256, 256), faces.shape
+
+        seconds = timed(run, args.repeats, device)
+        return {**summary_ms(seconds), "faces_per_s": round(batch / statistics.median(seconds), 3)}
+
+    results = over_batches(args.batches, measure, args.stage_budget_s)
+    add_speedups(results, "faces_per_s")
+    mel = torch.randn(1, whisper.config.num_mel_bins, 2 * whisper.config.max_source_positions,
+                      generator=generator).to(device, dtype)
+
+    def encode():
+        with torch.inference_mode():
+            whisper(mel, output_hidden_states=True)
+
+    best = max((r["faces_per_s"] for r in results if "faces_per_s" in r), default=0.0)
+    return {"model": "MuseTalk 1.5 (diffusers UNet2DConditionModel + AutoencoderKL decoder; "
+                     "transformers whisper-tiny encoder)",
+            "parameters": {name: sum(p.numel() for p in m.parameters())
+                           for name, m in (("unet", unet), ("vae", vae), ("whisper_encoder", whisper))},
+            "precision": args.dtype,
+            "input": f"B faces: latents [B, 8, 32, 32], audio tokens [B, {tokens}, {width}], timestep 0",
+            "latency": "one UNet step and one VAE decode of the whole batch",
+            "batches": results,
+            "whisper_window": summary_ms(timed(encode, args.repeats, device)),
+            "sessions": int(best // AVATAR_FPS), "sessions_assumption": ASSUMPTIONS["avatar"]}
+
+
+# ---------------------------------------------------------------------------------------------
 # Building the random-weight models
 # ---------------------------------------------------------------------------------------------
 
 def _build(stage: str, dest: str, size: str) -> tuple[float, list[str]]:
     """Build one model (in a worker process): the seconds it took, the stand-ins it used."""
     began = time.perf_counter()
-    builder = {"asr": "sensevoice", "tts": "cosyvoice", "llm": "llm"}[stage]
+    builder = {"asr": "sensevoice", "tts": "cosyvoice", "llm": "llm", "avatar": "musetalk"}[stage]
     try:
         with stand_ins(*{"asr": ASR_STAND_INS, "tts": TTS_STAND_INS}.get(stage, ())):
             importlib.import_module(f"load_tests.random_models.{builder}").build(Path(dest), size)
@@ -608,7 +676,7 @@ def machine(device) -> dict:
     return info
 
 
-RUNNERS = {"asr": asr_stage, "tts": tts_stage, "llm": llm_stage}
+RUNNERS = {"asr": asr_stage, "tts": tts_stage, "llm": llm_stage, "avatar": avatar_stage}
 
 
 def run_stage(stage: str, model_dir: Path, args, device) -> dict:
@@ -899,7 +967,8 @@ def parse_args(argv: list[str] | None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", type=stage_list, default=list(STAGES), help="asr,tts,llm (default all)")
+    p.add_argument("--stages", type=stage_list, default=list(DEFAULT_STAGES),
+                   help="among asr,tts,llm,avatar (default asr,tts,llm)")
     p.add_argument("--size", choices=("full", "tiny"), default="full")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--batches", type=int_list, default=[1, 4, 16, 64],

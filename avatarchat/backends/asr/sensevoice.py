@@ -16,9 +16,7 @@ which turns them into emoji inside the text.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
 import random
 import re
@@ -33,6 +31,7 @@ from pydantic import Field
 from avatarchat import languages
 from avatarchat.audio import resample
 from avatarchat.backends.asr.base import ASRBackend
+from avatarchat.batching import Batcher
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk, Transcript
 from avatarchat.models import resolve
@@ -113,138 +112,6 @@ def _process_state_kept():
         torch.random.set_rng_state(rngs[2])
 
 
-@dataclass(slots=True)
-class _Item:
-    samples: np.ndarray
-    future: asyncio.Future
-
-
-class Batcher:
-    """Runs ``run(list of inputs) -> list of outputs`` in a worker thread on batches of concurrent
-    ``submit`` calls: one worker task per event loop, one batch at a time, a bounded queue (a full
-    one makes ``submit`` wait). A cancelled caller's input is dropped from a batch not yet run, or
-    its result discarded. A failed batch fails its callers only; if the worker itself stops (a bug,
-    ``close``), every waiting caller gets an error: no caller waits forever."""
-
-    def __init__(self, run: Callable[[list[np.ndarray]], list[str]], max_batch: int,
-                 wait_s: float, max_queue: int):
-        self._run, self.max_batch, self.wait_s, self.max_queue = run, max_batch, wait_s, max_queue
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Item] | None = None
-        self._arrived: asyncio.Event | None = None
-        self._worker: asyncio.Task | None = None
-        self._closed = False
-        self.failure: BaseException | None = None  # why the worker died, if it did
-        self.failed_in_a_row = 0
-        self.batches = 0     # run calls made
-        self.utterances = 0  # inputs they carried
-
-    def _ensure_worker(self) -> None:
-        if self._closed:
-            raise RuntimeError("the SenseVoice backend is closed")
-        if self.failure is not None:
-            raise RuntimeError(f"the SenseVoice batch worker died: {self.failure!r}") from self.failure
-        loop = asyncio.get_running_loop()
-        if self._worker is not None and self._loop is loop and not self._worker.done():
-            return
-        # First call, or a new event loop (the old one's worker went with it).
-        self._loop, self._queue, self._arrived = loop, asyncio.Queue(self.max_queue), asyncio.Event()
-        self._worker = loop.create_task(self._work(self._queue, self._arrived),
-                                        name="sensevoice-batcher")
-        self._worker.add_done_callback(functools.partial(self._worker_done, self._queue))
-
-    async def submit(self, samples: np.ndarray) -> str:
-        self._ensure_worker()
-        queue, arrived, worker = self._queue, self._arrived, self._worker
-        item = _Item(samples, self._loop.create_future())
-        await queue.put(item)
-        arrived.set()
-        if worker.done():  # it stopped while we waited for room: nobody would answer
-            raise RuntimeError("the SenseVoice batch worker stopped")
-        return await item.future
-
-    async def _work(self, queue: asyncio.Queue[_Item], arrived: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        batch: list[_Item] = []
-        try:
-            while True:
-                batch = [await queue.get()]
-                deadline = loop.time() + self.wait_s
-                while len(batch) < self.max_batch:
-                    if not queue.empty():
-                        batch.append(queue.get_nowait())
-                        continue
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    arrived.clear()
-                    try:
-                        await asyncio.wait_for(arrived.wait(), remaining)
-                    except TimeoutError:
-                        break
-                batch = [it for it in batch if not it.future.done()]  # callers cancelled meanwhile
-                if batch:
-                    await self._run_batch(batch)
-                batch = []
-        except BaseException as err:
-            reason = err if isinstance(err, Exception) else RuntimeError("the SenseVoice batcher stopped")
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(reason)
-            raise
-
-    async def _run_batch(self, batch: list[_Item]) -> None:
-        self.batches += 1
-        self.utterances += len(batch)
-        try:
-            texts = await asyncio.to_thread(self._run, [it.samples for it in batch])
-            if len(texts) != len(batch):
-                raise RuntimeError(f"funasr returned {len(texts)} results for {len(batch)} inputs")
-        except Exception as err:  # noqa: BLE001 - the batch's callers get it; the worker goes on
-            self.failed_in_a_row += 1
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(err)
-            return
-        self.failed_in_a_row = 0
-        for it, text in zip(batch, texts):
-            if not it.future.done():
-                it.future.set_result(text)
-
-    def _worker_done(self, queue: asyncio.Queue[_Item], task: asyncio.Task) -> None:
-        if task.cancelled():
-            reason: BaseException = RuntimeError("the SenseVoice batcher stopped")
-        else:
-            self.failure = task.exception()
-            if self.failure is None:  # _work never returns; be safe anyway
-                self.failure = RuntimeError("the SenseVoice batch worker returned")
-            reason = RuntimeError(f"the SenseVoice batch worker died: {self.failure!r}")
-        while not queue.empty():
-            it = queue.get_nowait()
-            if not it.future.done():
-                it.future.set_exception(reason)
-
-    def check(self) -> None:
-        if self.failure is not None:
-            raise RuntimeError(f"the SenseVoice batch worker died: {self.failure!r}") from self.failure
-        if self.failed_in_a_row >= FAILURES_UNHEALTHY:
-            raise RuntimeError(f"the last {self.failed_in_a_row} SenseVoice batches failed")
-
-    def close(self) -> None:
-        self._closed = True
-        worker, loop = self._worker, self._loop
-        if worker is None or worker.done() or loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            worker.cancel()
-        else:
-            loop.call_soon_threadsafe(worker.cancel)
-
-
 class SenseVoiceASR(ASRBackend):
     """SenseVoiceSmall (FunASR model licence) through funasr's AutoModel, batched across sessions."""
 
@@ -294,7 +161,7 @@ class SenseVoiceASR(ASRBackend):
                 disable_log=True)
         self._model = model
         self._batcher = Batcher(self._generate_with(model), o.batch_max, o.batch_wait_ms / 1000.0,
-                                o.queue_max)
+                                o.queue_max, name="SenseVoice", unhealthy_after=FAILURES_UNHEALTHY)
 
     def _generate_with(self, model) -> Callable[[list[np.ndarray]], list[str]]:
         o = self.options
