@@ -29,10 +29,13 @@ pytestmark = pytest.mark.timeout(120)
 LOOPBACK = ["127.0.0.1"]
 
 
-def make_app(llm: dict | None = None, asr: dict | None = None, avatar: str = "portrait", **sessions):
+def make_app(llm: dict | None = None, asr: dict | None = None, avatar: str | dict = "portrait", **sessions):
+    """A FastAPI app serving sessions of this process, with scripted ASR/LLM/TTS and ``avatar`` (a
+    backend name, or its whole stage config); the loaded backends are ``app.state.backends``."""
     cfg = parse_config({
         "stages": {"asr": {"backend": "scripted", **(asr or {})}, "llm": {"backend": "scripted", **(llm or {})},
-                   "tts": {"backend": "scripted"}, "avatar": {"backend": avatar},
+                   "tts": {"backend": "scripted"},
+                   "avatar": {"backend": avatar} if isinstance(avatar, str) else avatar,
                    "vad": {"backend": "silero"}},
         "sessions": {"host_addresses": LOOPBACK, "max_sessions": 2, **sessions}})
     backends = {s: create_backend(cfg.stage(s)) for s in ("asr", "llm", "tts", "avatar")}

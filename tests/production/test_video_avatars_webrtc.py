@@ -1,8 +1,8 @@
 """Frame-drawing avatars over real WebRTC: a session in this process (the session service on a
 FastAPI app, scripted ASR/LLM/TTS) with the LiteAvatar or MuseTalk backend on a random-weight model, and
-AvatarClient over loopback. The client receives the avatar's own frames at its size; while the
-avatar speaks the face box changes and the rest of the frame is its background; an interruption
-stops the drawn frames at once and the idle loop returns. (Sync on the media clock is the contract's,
+AvatarClient over loopback. The client receives the avatar's own frames at their size; the reply
+is shown in frames the avatar drew, the silence in its idle loop; an interruption stops the drawn
+frames at once and the idle loop returns. (Sync on the media clock is the contract's,
 measured in tests/integration/test_sessions_local.py with a drawing avatar whose pixels follow the
 sound: a random-weight face follows nothing.)"""
 
@@ -12,21 +12,13 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI, Request
 
-from avatarchat.avatar.media_avatar import painter_for
-from avatarchat.backends.base import create_backend
 from avatarchat.client.avatar_client import AvatarClient
-from avatarchat.config import parse_config
 from avatarchat.messages import VideoFrame
-from avatarchat.ports import LocalPorts
-from avatarchat.webrtc.service import SessionService, session_deps
 from load_tests.random_models import liteavatar as random_liteavatar
-from signaling import routes
+from tests.integration.test_sessions_local import LOOPBACK, make_app
 
 pytestmark = pytest.mark.timeout(180)
-
-LOOPBACK = ["127.0.0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -58,29 +50,9 @@ def drawing_avatar(request) -> dict:
     return {"backend": "musetalk", "model_dir": str(model_dir), "avatar": str(avatar), "cpu_threads": 1}
 
 
-def make_app(avatar: dict):
-    cfg = parse_config({
-        "stages": {"asr": {"backend": "scripted"}, "llm": {"backend": "scripted"},
-                   "tts": {"backend": "scripted"}, "avatar": avatar, "vad": {"backend": "silero"}},
-        "sessions": {"host_addresses": LOOPBACK, "max_sessions": 2}})
-    backends = {s: create_backend(cfg.stage(s)) for s in ("asr", "llm", "tts", "avatar")}
-    service = SessionService(cfg.sessions, session_deps(cfg, LocalPorts(**backends), create_backend(cfg.stage("vad")),
-                                                        painter_for(backends["avatar"])))
-    app = FastAPI()
-
-    @app.post("/v1/sessions")
-    async def create(request: Request):
-        return await routes.create_session(service, request)
-
-    @app.delete("/v1/sessions/{sid}")
-    async def delete(sid: str):
-        return await routes.delete_session(service, sid)
-
-    return app, service, backends["avatar"]
-
-
 async def test_drawn_frames_reach_a_webrtc_client_and_stop_on_interruption(drawing_avatar):
-    app, service, avatar = make_app(drawing_avatar)
+    app, service = make_app(avatar=drawing_avatar)
+    avatar = app.state.backends["avatar"]
     width, height = avatar.frame_size()
     client = AvatarClient("http://test", host_addresses=LOOPBACK, http_transport=httpx.ASGITransport(app))
     await client.connect()
