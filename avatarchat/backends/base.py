@@ -72,3 +72,14 @@ def model_path(configured, bundled: Path | None, what: str, install_hint: str) -
     if configured is None and bundled is None:
         raise FileNotFoundError(f"{what} not found: {install_hint}, and no model_path is set")
     return require_file(configured or bundled, what)
+
+
+def torch_device(choice: str) -> str:
+    """"cuda" or "cpu" for a backend's ``device`` option (auto|cuda|cpu): auto takes the GPU when
+    torch sees one; cuda without one fails at load rather than running slowly on the CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if choice == "cuda" and not cuda:
+        raise RuntimeError("device is cuda but torch sees no GPU")
+    return "cuda" if choice == "cuda" or (choice == "auto" and cuda) else "cpu"

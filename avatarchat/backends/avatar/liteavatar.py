@@ -47,6 +47,7 @@ from pydantic import Field
 from avatarchat.audio import resample
 from avatarchat.avatar.motion import frame_range
 from avatarchat.backends.avatar.base import AvatarBackend
+from avatarchat.backends.base import torch_device
 from avatarchat.config import Options
 from avatarchat.messages import AnimateRequest, AudioChunk, AvatarChunk, VideoFrame
 from avatarchat.models import resolve
@@ -480,10 +481,7 @@ class LiteAvatar(AvatarBackend):
         import onnxruntime as ort
         import torch
 
-        cuda = torch.cuda.is_available()
-        if o.device == "cuda" and not cuda:
-            raise RuntimeError("device is cuda but torch sees no GPU")
-        self.device = "cuda" if (o.device == "cuda" or (o.device == "auto" and cuda)) else "cpu"
+        self.device = torch_device(o.device)
         providers = ["CPUExecutionProvider"]
         if self.device == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():

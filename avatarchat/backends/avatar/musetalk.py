@@ -46,6 +46,7 @@ from pydantic import Field
 from avatarchat.audio import resample
 from avatarchat.avatar.motion import frame_range
 from avatarchat.backends.avatar.base import AvatarBackend
+from avatarchat.backends.base import torch_device
 from avatarchat.batching import Batcher
 from avatarchat.config import Options
 from avatarchat.messages import AnimateRequest, AudioChunk, AvatarChunk, VideoFrame
@@ -153,10 +154,7 @@ class MuseTalkAvatar(AvatarBackend):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import WhisperFeatureExtractor, WhisperModel
 
-        cuda = torch.cuda.is_available()
-        if o.device == "cuda" and not cuda:
-            raise RuntimeError("device is cuda but torch sees no GPU")
-        device = torch.device("cuda" if o.device == "cuda" or (o.device == "auto" and cuda) else "cpu")
+        device = torch.device(torch_device(o.device))
         dtype_name = o.dtype if o.dtype != "auto" else ("float16" if device.type == "cuda" else "float32")
         if dtype_name == "float16" and device.type == "cpu":
             raise ValueError("dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
