@@ -1,4 +1,5 @@
-"""Writing a reply as a playable video file: H.264 video and AAC audio in one MP4 (PyAV)."""
+"""Video files: writing a reply as a playable MP4 (H.264 video and AAC audio, PyAV), and reading a
+video's frames (an avatar's base or background video, OpenCV)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,25 @@ def probe(path: str | Path) -> dict:
             out["streams"].append({"type": s.type, "codec": s.codec_context.name,
                                    "frames": s.frames, "rate": getattr(s, "rate", None)})
         return out
+
+
+def read_video(path: Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
+    """The video's frames (RGB uint8) and frame rate."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"cannot open the video {path}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    try:
+        while max_frames is None or len(frames) < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    if not frames:
+        raise ValueError(f"no frames could be read from {path}")
+    return frames, float(fps)

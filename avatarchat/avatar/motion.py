@@ -22,6 +22,20 @@ def frame_range(start: float, end: float, fps: int) -> range:
     return range(math.ceil(start * fps - _EPS), math.ceil(end * fps - _EPS))
 
 
+def chunk_spans(audio, chunk_s: float) -> list[tuple[int, int, float, float]]:
+    """How an avatar backend cuts a request's ``audio`` (an AudioChunk) into the chunks it yields:
+    (first sample, end sample, start time, end time) of pieces of ~``chunk_s``, a sliver at the end
+    folded into the last piece. Both ends are computed the same way for every piece and the last end
+    is ``audio.end``, so neighbouring chunks and requests share exact boundaries."""
+    n, sr = len(audio.samples), audio.sample_rate
+    step = max(1, round(chunk_s * sr))
+    cuts = list(range(0, n, step)) + [n]
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] < step // 4:
+        del cuts[-2]
+    return [(a, b, audio.start + a / sr, audio.end if b == n else audio.start + b / sr)
+            for a, b in zip(cuts, cuts[1:])]
+
+
 # ---------------------------------------------------------------------------------------------
 # Idle motion
 

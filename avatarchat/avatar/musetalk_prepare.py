@@ -40,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 
+from avatarchat.media_file import read_video
 from avatarchat.models import resolve
 
 log = logging.getLogger(__name__)
@@ -227,28 +228,6 @@ class PreparedAvatar:
         return cls(path, meta["width"], meta["height"], meta["fps"], frames,
                    [tuple(b) for b in meta["boxes"]], [tuple(c) for c in meta["crops"]], masks,
                    latents, list(meta["loop"]), meta["vae"])
-
-
-def read_video(path: Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
-    """The video's frames (RGB uint8) and frame rate."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"cannot open the video {path}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    try:
-        while max_frames is None or len(frames) < max_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    if not frames:
-        raise ValueError(f"no frames could be read from {path}")
-    return frames, float(fps)
 
 
 def prepare(video: Path | str, out: Path | str, model_dir: Path | str | None = None, *,

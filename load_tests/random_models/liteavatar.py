@@ -29,11 +29,11 @@ the real face networks' internals are not public; their interfaces are what the 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
+from load_tests.random_models import cli
 from load_tests.random_models.sensevoice import write_cmvn
 
 AVATAR = "20250408/sample_data"
@@ -210,12 +210,7 @@ def build(dest: Path, size: str = "tiny", seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    args = parser.parse_args(argv)
-    print(build(args.dest, args.size))
-    return 0
+    return cli(__doc__, SIZES, build, argv)
 
 
 if __name__ == "__main__":

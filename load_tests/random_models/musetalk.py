@@ -26,9 +26,10 @@ sounds then draw faces ~10 levels apart, so tests can tell whose audio a face wa
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+from load_tests.random_models import cli
 
 # musetalkV15/musetalk.json of TMElyralab/MuseTalk, verbatim.
 UNET_FULL = {
@@ -113,12 +114,7 @@ def build(dest: Path, size: str = "tiny", seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    args = parser.parse_args(argv)
-    print(build(args.dest, args.size))
-    return 0
+    return cli(__doc__, SIZES, build, argv)
 
 
 if __name__ == "__main__":

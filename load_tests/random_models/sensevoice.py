@@ -25,11 +25,12 @@ one). ``am.mvn`` holds plausible fixed statistics.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tempfile
 from pathlib import Path
+
+from load_tests.random_models import cli
 
 LANGUAGES = ["zh", "en", "yue", "ja", "ko", "nospeech"]
 EMOTIONS = ["HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED", "EMO_UNKNOWN"]
@@ -203,12 +204,7 @@ def build(dest: Path, size: str = "tiny", seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    args = parser.parse_args(argv)
-    print(build(args.dest, args.size))
-    return 0
+    return cli(__doc__, SIZES, build, argv)
 
 
 if __name__ == "__main__":

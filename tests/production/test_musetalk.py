@@ -26,6 +26,7 @@ from avatarchat.backends.avatar.musetalk import MuseTalkAvatar
 from avatarchat.backends.base import create_backend
 from avatarchat.config import StageConfig
 from avatarchat.errors import StageLoadError
+from avatarchat.media_file import read_video
 from avatarchat.messages import AnimateRequest, AudioChunk, SpeechChunk, VideoFrame
 from avatarchat.models import MissingWeights
 from load_tests.random_models import musetalk as random_musetalk
@@ -113,7 +114,7 @@ def backend(model_dir, avatar):
 
 @pytest.fixture(scope="module")
 def video_frames(avatar) -> list[np.ndarray]:
-    frames, fps = musetalk_prepare.read_video(Path(avatar).parent / "base.mp4")
+    frames, fps = read_video(Path(avatar).parent / "base.mp4")
     assert fps == FPS and len(frames) == BASE_FRAMES
     return frames
 

@@ -45,10 +45,11 @@ import numpy as np
 from pydantic import Field
 
 from avatarchat.audio import resample
-from avatarchat.avatar.motion import frame_range
+from avatarchat.avatar.motion import chunk_spans, frame_range
 from avatarchat.backends.avatar.base import AvatarBackend
 from avatarchat.backends.base import torch_device
 from avatarchat.config import Options
+from avatarchat.media_file import read_video
 from avatarchat.messages import AnimateRequest, AudioChunk, AvatarChunk, VideoFrame
 from avatarchat.models import resolve
 
@@ -358,16 +359,7 @@ class Avatar:
         self.device = device
         self.neutral = np.load(path / "neutral_pose.npy").astype(np.float32).reshape(-1)[:N_PARAMS]
         self.box = FaceBox.read(path / "face_box.txt")
-        backgrounds = []
-        video = cv2.VideoCapture(str(path / "bg_video.mp4"))
-        try:
-            while True:
-                ok, bgr = video.read()
-                if not ok:
-                    break
-                backgrounds.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        finally:
-            video.release()
+        backgrounds, _ = read_video(path / "bg_video.mp4")
         refs = []
         while (path / "ref_frames" / f"ref_{len(refs):05d}.jpg").exists() and len(refs) < len(backgrounds):
             refs.append(path / "ref_frames" / f"ref_{len(refs):05d}.jpg")
@@ -551,20 +543,11 @@ class LiteAvatar(AvatarBackend):
 
     async def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
         audio = request.speech.audio
-        n = len(audio.samples)
-        if n == 0:
+        if len(audio.samples) == 0:
             return
         track = await self._run(self.mouth_track, audio)
         sr, fps = audio.sample_rate, self.fps
-        step = max(1, round(self.options.chunk_s * sr))
-        cuts = list(range(0, n, step)) + [n]
-        if len(cuts) > 2 and cuts[-1] - cuts[-2] < step // 4:
-            del cuts[-2]  # fold a sliver at the end into the last chunk
-        for a, b in zip(cuts, cuts[1:]):
-            # Both ends computed the same way for every chunk (the last end is audio.end), so
-            # neighbouring chunks and sentences share exact boundaries (as the portrait backend).
-            start = audio.start + a / sr
-            end = audio.end if b == n else audio.start + b / sr
+        for a, b, start, end in chunk_spans(audio, self.options.chunk_s):
             frames = frame_range(start, end, fps)
             drawn = await self._run(self.draw_frames, track, frames) if len(frames) else ()
             yield AvatarChunk(AudioChunk(audio.samples[a:b], sr, start), drawn, frames.start, fps,

@@ -44,7 +44,7 @@ import numpy as np
 from pydantic import Field
 
 from avatarchat.audio import resample
-from avatarchat.avatar.motion import frame_range
+from avatarchat.avatar.motion import chunk_spans, frame_range
 from avatarchat.backends.avatar.base import AvatarBackend
 from avatarchat.backends.base import torch_device
 from avatarchat.batching import Batcher
@@ -226,18 +226,10 @@ class MuseTalkAvatar(AvatarBackend):
         if self._faces is None:
             raise RuntimeError("MuseTalkAvatar.load() has not been called")
         audio = request.speech.audio
-        n = len(audio.samples)
-        if n == 0:
+        if len(audio.samples) == 0:
             return
         sr, fps = audio.sample_rate, self.fps
-        step = max(1, round(self.options.chunk_s * sr))
-        cuts = list(range(0, n, step)) + [n]
-        if len(cuts) > 2 and cuts[-1] - cuts[-2] < step // 4:
-            del cuts[-2]  # fold a sliver at the end into the last chunk
-        # Both ends computed the same way for every chunk (the last is audio.end), so neighbouring
-        # chunks and requests share exact boundaries (as the portrait backend).
-        spans = [(a, b, audio.start + a / sr, audio.end if b == n else audio.start + b / sr)
-                 for a, b in zip(cuts, cuts[1:])]
+        spans = chunk_spans(audio, self.options.chunk_s)
         features = await self._features(audio)
         pending: asyncio.Task | None = None
         try:

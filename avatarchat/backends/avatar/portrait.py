@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pydantic import Field
 
 from avatarchat.avatar import expression
-from avatarchat.avatar.motion import SpeechMouth, SpeechMouthOptions, frame_range, idle_motion
+from avatarchat.avatar.motion import SpeechMouth, SpeechMouthOptions, chunk_spans, frame_range, idle_motion
 from avatarchat.avatar.pack import AvatarPack
 from avatarchat.backends.avatar.base import AvatarBackend
 from avatarchat.config import Options
@@ -55,21 +55,12 @@ class PortraitAvatar(AvatarBackend):
 
     async def animate(self, request: AnimateRequest) -> AsyncIterator[AvatarChunk]:
         audio = request.speech.audio
-        n = len(audio.samples)
-        if n == 0:
+        if len(audio.samples) == 0:
             return
         track = self._mouth.track(audio, request.previous)
         faces = self._expressions(len(track), request)
         sr, fps = audio.sample_rate, self.fps
-        step = max(1, round(self.options.chunk_s * sr))
-        cuts = list(range(0, n, step)) + [n]
-        if len(cuts) > 2 and cuts[-1] - cuts[-2] < step // 4:
-            del cuts[-2]  # fold a sliver at the end into the last chunk
-        for a, b in zip(cuts, cuts[1:]):
-            # Both ends are computed the same way for every chunk (and the last end equals
-            # audio.end), so neighbouring chunks and sentences share exact boundaries.
-            start = audio.start + a / sr
-            end = audio.end if b == n else audio.start + b / sr
+        for a, b, start, end in chunk_spans(audio, self.options.chunk_s):
             frames = frame_range(start, end, fps)
             motions = tuple(self._frame(track, faces, k, request.seed) for k in frames)
             yield AvatarChunk(AudioChunk(audio.samples[a:b], sr, start), motions, frames.start, fps,
