@@ -28,12 +28,18 @@ class Options(BaseModel):
 
 
 class StageConfig(BaseModel):
-    """One stage: which backend, with its validated options."""
+    """One stage: which backend, with its validated options, and the backend that stands in when a
+    remote one fails (``fallback``, avatarchat/backends/fallback.py)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     stage: str
     backend: str
     options: Options
+    fallback: "StageConfig | None" = None
+
+
+# Stages whose calls can switch to a fallback backend: those a remote service may serve.
+FALLBACK_STAGES = ("asr", "llm", "tts", "speech_to_speech")
 
 
 class Limits(Options):
@@ -181,6 +187,12 @@ class ServiceConfig(Options):
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]
 
+    @property
+    def speech_to_speech(self) -> bool:
+        """One model hears and answers (stages.speech_to_speech): no llm or tts stage, and an asr
+        stage only for captions."""
+        return "speech_to_speech" in self.stages
+
 
 def _key(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
@@ -202,21 +214,52 @@ def _validate(source: str, prefix: str, model: type[BaseModel], data: Any):
         _raise_from_validation(source, prefix, model, err)
 
 
-def parse_stage(source: str, stage: str, raw: Any) -> StageConfig:
-    prefix = f"stages.{stage}"
+def parse_stage(source: str, stage: str, raw: Any, prefix: str | None = None) -> StageConfig:
+    prefix = prefix or f"stages.{stage}"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, prefix, f"must be a mapping with a 'backend' key, got {raw!r}")
     raw = dict(raw)
-    name = raw.pop("backend", registry.DEFAULT_BACKENDS[stage])
+    if "backend" not in raw and stage not in registry.DEFAULT_BACKENDS:
+        raise ConfigError(source, f"{prefix}.backend", f"required; allowed: {', '.join(registry.available(stage))}")
+    name = raw.pop("backend", registry.DEFAULT_BACKENDS.get(stage))
     allowed = registry.available(stage)
     if name not in allowed:
         raise ConfigError(source, f"{prefix}.backend",
                           f"unknown backend {name!r}; allowed: {', '.join(allowed)}")
+    fallback = None
+    if "fallback" in raw:
+        fallback_raw = raw.pop("fallback")
+        if stage not in FALLBACK_STAGES:
+            raise ConfigError(source, f"{prefix}.fallback",
+                              f"only the {', '.join(FALLBACK_STAGES)} stages take a fallback backend")
+        if isinstance(fallback_raw, dict) and "fallback" in fallback_raw:
+            raise ConfigError(source, f"{prefix}.fallback.fallback", "a fallback has no fallback of its own")
+        if not isinstance(fallback_raw, dict) or "backend" not in fallback_raw:
+            raise ConfigError(source, f"{prefix}.fallback", f"must be a mapping with a 'backend' key; "
+                                                            f"allowed: {', '.join(allowed)}")
+        fallback = parse_stage(source, stage, fallback_raw, f"{prefix}.fallback")
     cls = registry.backend_class(stage, name)
     options = _validate(source, prefix, cls.Options, raw)
-    return StageConfig(stage=stage, backend=name, options=options)
+    return StageConfig(stage=stage, backend=name, options=options, fallback=fallback)
+
+
+def _speech_to_speech_stages(source: str, stages_raw: dict) -> tuple[str, ...]:
+    """The stages a speech-to-speech config runs: the model replaces llm and tts, and asr unless its
+    captions come from an asr stage. A replaced stage that is configured anyway is an error (it would
+    silently do nothing)."""
+    for replaced in ("llm", "tts"):
+        if replaced in stages_raw:
+            raise ConfigError(source, f"stages.{replaced}", "not used with stages.speech_to_speech (the model "
+                                                            "replaces asr, llm and tts); remove it")
+    speech = stages_raw["speech_to_speech"]
+    captions = speech.get("captions", "model") if isinstance(speech, dict) else "model"
+    if captions != "asr" and "asr" in stages_raw:
+        raise ConfigError(source, "stages.asr", "with stages.speech_to_speech an asr stage only makes "
+                                                "captions: set stages.speech_to_speech.captions: asr, or remove it")
+    kept = ("asr",) if captions == "asr" else ()
+    return tuple(s for s in registry.STAGES if s in ("vad", "end_of_turn", "speech_to_speech", "avatar", *kept))
 
 
 def parse_config(data: Any, source: str = "config") -> ServiceConfig:
@@ -236,7 +279,11 @@ def parse_config(data: Any, source: str = "config") -> ServiceConfig:
     if unknown:
         raise ConfigError(source, f"stages.{unknown[0]}",
                           f"unknown stage; allowed: {', '.join(registry.STAGES)}")
-    stages = {s: parse_stage(source, s, stages_raw.get(s)) for s in registry.STAGES}
+    if "speech_to_speech" in stages_raw:
+        names = _speech_to_speech_stages(source, stages_raw)
+    else:
+        names = tuple(s for s in registry.STAGES if s not in registry.OPTIONAL_STAGES)
+    stages = {s: parse_stage(source, s, stages_raw.get(s)) for s in names}
     config = _validate(source, "", ServiceConfig, {**data, "stages": stages})
     for i, server in enumerate(config.sessions.ice_servers):
         if server.secret_env is not None and server.credential_ttl_s < config.sessions.max_duration_s:
@@ -283,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     for warning in warnings:
         print(f"config warning: {argv[0]}: {warning}", file=sys.stderr)
     for name, stage in cfg.stages.items():
-        print(f"{name:11s} {stage.backend:15s} {stage.options.model_dump(mode='json')}")
+        print(f"{name:16s} {stage.backend:17s} {stage.options.model_dump(mode='json')}")
+        if stage.fallback is not None:
+            print(f"{'  fallback':16s} {stage.fallback.backend:17s} {stage.fallback.options.model_dump(mode='json')}")
     return 0
 
 

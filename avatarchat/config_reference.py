@@ -30,6 +30,9 @@ args:
     <stage>:
       backend: <name>
       <option>: <value>
+      fallback:      # asr, llm, tts, speech_to_speech: used when the backend (a remote service)
+        backend: <name>  # fails before its first output; then for 30 s (docs/backends.md)
+        <option>: <value>
   limits: {...}
   pacing: {...}
   sessions: {...}
@@ -42,13 +45,22 @@ def _default(field) -> str:
     if field.is_required():
         return "required"
     value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
     return "`null`" if value is None else f"`{value!r}`".replace("'", '"')
 
 
 def _table(model: type[BaseModel]) -> list[str]:
     rows = ["| key | default | meaning |", "|---|---|---|"]
+    nested = []
     for name, field in model.model_fields.items():
-        rows.append(f"| `{name}` | {_default(field)} | {field.description or ''} |")
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        description = field.description or (type(default).__doc__ or "").strip().replace("\n", " ")
+        rows.append(f"| `{name}` | {_default(field)} | {' '.join(description.split())} |")
+        if isinstance(default, BaseModel):
+            nested.append((name, type(default)))
+    for name, sub in nested:  # an options group (a remote backend's retry policy): its own keys
+        rows += ["", f"`{name}`:", "", *_table(sub)]
     return rows
 
 
@@ -64,8 +76,10 @@ def render() -> str:
             "## interruption", "", (Interruption.__doc__ or "").strip(), "", *_table(Interruption), "",
             "## priority", "", (Priority.__doc__ or "").strip(), "", *_table(Priority), "", "## stages", ""]
     for stage in registry.STAGES:
+        default = (f"Default backend: `{registry.DEFAULT_BACKENDS[stage]}`. " if stage in registry.DEFAULT_BACKENDS
+                   else "Not used unless configured (it replaces asr, llm and tts). ")
         out += [f"### {stage}", "",
-                f"Default backend: `{registry.DEFAULT_BACKENDS[stage]}`. "
+                default +
                 f"Backends: {', '.join(f'`{b}`' for b in registry.available(stage))}.", ""]
         for backend in registry.available(stage):
             cls = registry.backend_class(stage, backend)

@@ -33,4 +33,7 @@ class TurnFailed(Message):
 
     stage: str
     reason: str
+    # A remote service's failure kind (avatarchat/remote.py: unreachable, unauthorised, quota,
+    # rate_limited, timeout, ...), so a client can tell "try later" from "fix the key"; else None.
+    code: str | None = None
     dropped_on_interrupt: ClassVar[bool] = False

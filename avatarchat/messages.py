@@ -81,6 +81,22 @@ class LLMRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechRequest:
+    """One reply of a speech-to-speech model (it hears the user and answers in speech, in place of
+    ASR, LLM and TTS). ``history`` is the conversation so far, as text, without the system prompt;
+    the user's new message is ``audio``, or ``text`` when they typed it."""
+
+    history: tuple[ChatMessage, ...]
+    audio: AudioChunk | None = None
+    text: str | None = None
+    language: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.audio is None) == (self.text is None):
+            raise ValueError("a SpeechRequest carries the user's audio or their text, exactly one")
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta(Message):
     """A piece of the reply text as the LLM streams it."""
 

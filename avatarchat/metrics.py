@@ -8,6 +8,9 @@ the Ray dashboard's Prometheus and Grafana pick them up beside Serve's own. Name
     avatar_chat_active_sessions                     gauge: live WebRTC sessions in this process
     avatar_chat_video_frames_skipped_total          counter: frames never sent because a sender ran
                                                     late (added as each session ends)
+    avatar_chat_turn_failures_total{stage,code}     counter: turns ended by a stage's failure; code is
+                                                    a remote service's failure kind (unreachable,
+                                                    unauthorised, quota, timeout, ...) or "none"
 
 Outside a Ray worker (unit tests, Serve's local testing mode) there is nowhere to export to, and the
 same calls do nothing.
@@ -33,6 +36,8 @@ class SessionMetrics:
         self._sessions = Gauge("avatar_chat_active_sessions", description="live WebRTC sessions")
         self._skipped = Counter("avatar_chat_video_frames_skipped_total",
                                 description="video frames not sent because the sender ran late")
+        self._failures = Counter("avatar_chat_turn_failures_total", tag_keys=("stage", "code"),
+                                 description="turns ended by a stage's failure, by stage and failure kind")
 
     def turn(self, timings: dict) -> None:
         for measure in TURN_MEASURES:
@@ -50,12 +55,16 @@ class SessionMetrics:
         if n > 0:
             self._skipped.inc(n)
 
+    def turn_failed(self, stage: str, code: str | None) -> None:
+        self._failures.inc(tags={"stage": stage, "code": code or "none"})
+
 
 class NoMetrics:
     def turn(self, timings: dict) -> None: ...
     def interruption(self, seconds: float) -> None: ...
     def active_sessions(self, n: int) -> None: ...
     def frames_skipped(self, n: int) -> None: ...
+    def turn_failed(self, stage: str, code: str | None) -> None: ...
 
 
 def session_metrics() -> SessionMetrics | NoMetrics:

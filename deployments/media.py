@@ -91,7 +91,7 @@ async def application_is_deleted() -> bool:
     max_constructor_retry_count=3,  # a missing model file does not fix itself
 )
 class MediaDeployment:
-    async def __init__(self, config: ServiceConfig, asr, llm, tts, avatar):  # async: asks Avatar
+    async def __init__(self, config: ServiceConfig, asr, llm, tts, avatar, speech_to_speech=None):  # async: asks Avatar
         ask_for_priority(config.priority.media_niceness, "Media (live sessions)")
         self.config = config
         self.replica = replica_name()
@@ -99,7 +99,7 @@ class MediaDeployment:
         vad = create_backend(config.stage("vad"))
         end_of_turn = create_backend(config.stage("end_of_turn"))
         here = await media_avatar(config.stage("avatar"), avatar)  # in-process, or by the deployment
-        ports = HandlePorts(asr, llm, tts, avatar, local_avatar=here.local)
+        ports = HandlePorts(asr, llm, tts, avatar, local_avatar=here.local, speech_to_speech=speech_to_speech)
         self.sessions = SessionService(config.sessions, session_deps(config, ports, vad, here.painter, end_of_turn),
                                        owner=self.replica)
         log.info("media replica %s on node %s: up to %d sessions, ICE host addresses %s", self.replica,

@@ -30,10 +30,12 @@ from avatarchat.webrtc.service import SessionService, session_deps
 def build(config_path: str, app_name: str = "avatar", host: str = "127.0.0.1") -> FastAPI:
     config = parse_config(app_args_from_serve_config(config_path), source=config_path)
     policy = load_policy(config.access, host, config_path)  # the Gateway's tokens and refusals
-    handles = [serve.get_deployment_handle(name, app_name) for name in ("ASR", "LLM", "TTS", "Avatar")]
-    here = asyncio.run(media_avatar(config.stage("avatar"), handles[-1]))
+    names = {"asr": "ASR", "llm": "LLM", "tts": "TTS", "avatar": "Avatar", "speech_to_speech": "SpeechToSpeech"}
+    handles = {stage: serve.get_deployment_handle(name, app_name) if stage in config.stages else None
+               for stage, name in names.items()}
+    here = asyncio.run(media_avatar(config.stage("avatar"), handles["avatar"]))
     service = SessionService(config.sessions, session_deps(
-        config, HandlePorts(*handles, local_avatar=here.local), create_backend(config.stage("vad")),
+        config, HandlePorts(**handles, local_avatar=here.local), create_backend(config.stage("vad")),
         here.painter, create_backend(config.stage("end_of_turn"))))
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -47,6 +47,10 @@ def create_backend(config: StageConfig) -> Backend:
         raise
     except Exception as err:  # noqa: BLE001 - any load failure is reported the same way
         raise StageLoadError(config.stage, config.backend, f"{type(err).__name__}: {err}") from err
+    if config.fallback is not None:
+        from avatarchat.backends.fallback import FallbackBackend
+
+        return FallbackBackend(backend, create_backend(config.fallback))
     return backend
 
 

@@ -286,7 +286,9 @@ class Conversation:
             self.metrics.turn(encoded)
             self._send(encoded)
         else:
-            if isinstance(event, Transcript):
+            if isinstance(event, TurnFailed):
+                self.metrics.turn_failed(event.stage, event.code)
+            elif isinstance(event, Transcript):
                 run.user_text = event.text or None
             elif isinstance(event, ReplyDone) and run.user_text:
                 self._remember(run.user_text, event.text)

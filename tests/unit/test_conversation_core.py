@@ -42,6 +42,8 @@ def backend(stage: str, **options):
 class TimedPorts:
     """The scripted stages with no delays of their own; their time passes on the virtual clock."""
 
+    speech_to_speech = captions_from_asr = False  # a cascade
+
     def __init__(self, clock: VirtualClock, reply: str = COUNT, transcript: str = "Hello there.",
                  llm_s: float = LLM_S):
         self.clock, self.llm_s = clock, llm_s

@@ -1,0 +1,1 @@
+"""speech_to_speech backends (see base.py for the interface)."""
