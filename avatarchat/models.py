@@ -88,6 +88,11 @@ CATALOG: dict[str, ModelSpec] = {spec.name: spec for spec in (
                      Part("huggingface", "openai/whisper-tiny",
                           ("config.json", "pytorch_model.bin", "preprocessor_config.json"),
                           subdir="whisper"))),
+    # Its modelling code comes with the weights (trust_remote_code): the whole repository.
+    ModelSpec("minicpm-o-2_6", "MiniCPM-o 2.6 (speech to speech: hears speech, answers in text "
+              "and 24 kHz speech)", "huggingface", "openbmb/MiniCPM-o-2_6",
+              "speech_to_speech.minicpm_o", mirror=("modelscope", "OpenBMB/MiniCPM-o-2_6"),
+              licence="Apache-2.0 (code); MiniCPM Model License (weights)"),
 )}
 
 
