@@ -28,7 +28,7 @@ FailureKind = Literal["unreachable", "unauthorised", "quota", "rate_limited", "t
 # What each kind tells the user (after the service's name), and whether trying again can help.
 _KINDS: dict[str, tuple[str, bool]] = {
     "unreachable": ("cannot be reached", True),
-    "unauthorised": ("refused the API key", False),
+    "unauthorised": ("refused the credentials", False),
     "quota": ("quota is used up", False),
     "rate_limited": ("is limiting the request rate", True),
     "timeout": ("did not answer in time", True),

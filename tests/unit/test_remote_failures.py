@@ -90,7 +90,7 @@ def test_kinds_from_http_status_and_the_reason_users_see():
     assert [kind_for_status(s) for s in (401, 403, 402, 429, 504, 500, 400)] == [
         "unauthorised", "unauthorised", "quota", "rate_limited", "timeout", "server_error", "bad_request"]
     err = RemoteServiceError("Edge TTS", "unauthorised", "HTTP 403", "check the token")
-    assert err.reason == "Edge TTS refused the API key (HTTP 403): check the token" and not err.transient
+    assert err.reason == "Edge TTS refused the credentials (HTTP 403): check the token" and not err.transient
     copy = pickle.loads(pickle.dumps(err))  # crosses Ray's process boundary intact
     assert (copy.kind, copy.reason) == ("unauthorised", err.reason)
     with pytest.raises(ValueError, match="unknown failure kind"):

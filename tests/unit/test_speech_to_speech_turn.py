@@ -118,7 +118,7 @@ async def test_a_remote_failure_ends_the_turn_with_its_kind():
     ports.speech = FailingModel("unauthorised")
     events = await collect(Turn(ports, options=TurnOptions(realtime=False)), utterance())
     failed = [e for e in events if isinstance(e, TurnFailed)]
-    assert failed == [TurnFailed("speech_to_speech", "Qwen-Omni refused the API key (HTTP 401): check "
+    assert failed == [TurnFailed("speech_to_speech", "Qwen-Omni refused the credentials (HTTP 401): check "
                                                      "DASHSCOPE_API_KEY", code="unauthorised")]
 
 

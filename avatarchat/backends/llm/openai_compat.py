@@ -23,10 +23,15 @@ from pydantic import Field, field_validator
 from avatarchat.backends.llm.base import DEFAULT_SYSTEM_PROMPT, LLMBackend
 from avatarchat.config import Options
 from avatarchat.messages import LLMRequest, TextDelta
+from avatarchat.remote import RemoteServiceError, RetryPolicy, kind_for_status, retrying
 
 
-class OpenAICompatError(RuntimeError):
-    """The server answered with an error (HTTP status, or an error object in the stream)."""
+SERVICE = "the OpenAI-compatible LLM server"
+
+
+class OpenAICompatError(RemoteServiceError):
+    """The server answered with an error (HTTP status, or an error object in the stream), was
+    unreachable or too slow; ``kind`` says which (avatarchat/remote.py)."""
 
 
 class OpenAICompatLLM(LLMBackend):
@@ -46,6 +51,7 @@ class OpenAICompatLLM(LLMBackend):
                                    description="fixed system prompt sent first in every request")
         check_on_load: bool = Field(False, description="GET {base_url}/models at start-up and fail "
                                                        "if the server does not answer")
+        retry: RetryPolicy = RetryPolicy()
 
         @field_validator("base_url")
         @classmethod
@@ -87,8 +93,8 @@ class OpenAICompatLLM(LLMBackend):
                 except httpx.HTTPError as err:
                     raise ConnectionError(f"cannot reach {o.base_url}/models: {err}") from err
                 if r.status_code >= 400:
-                    raise OpenAICompatError(f"{o.base_url}/models answered HTTP {r.status_code}: "
-                                            f"{r.text[:200]}")
+                    raise OpenAICompatError(SERVICE, kind_for_status(r.status_code),
+                                            f"{o.base_url}/models answered HTTP {r.status_code}: {r.text[:200]}")
 
     def close(self) -> None:
         self._clients.clear()
@@ -111,14 +117,21 @@ class OpenAICompatLLM(LLMBackend):
         return {"model": o.model, "messages": messages, "stream": True,
                 "max_tokens": max_tokens, "temperature": o.temperature}
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
+    def stream(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
+        # transient failures (unreachable, 429, 5xx, a stall) before the first token are retried
+        return retrying(SERVICE, self.options.retry, lambda: self._stream_once(request))
+
+    async def _stream_once(self, request: LLMRequest) -> AsyncIterator[TextDelta]:
+        import httpx
+
         url = f"{self.options.base_url}/chat/completions"
         finished = False
         try:
             async with self._client().stream("POST", url, json=self._body(request)) as response:
                 if response.status_code >= 400:
                     body = (await response.aread()).decode("utf-8", "replace")
-                    raise OpenAICompatError(f"{url} answered HTTP {response.status_code}: {body[:300]}")
+                    raise OpenAICompatError(SERVICE, kind_for_status(response.status_code),
+                                            f"{url} answered HTTP {response.status_code}: {body[:300]}")
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators, ": keep-alive" comments, "event:" lines
@@ -128,12 +141,16 @@ class OpenAICompatLLM(LLMBackend):
                         return
                     chunk = json.loads(data)
                     if "error" in chunk:
-                        raise OpenAICompatError(f"{url} streamed an error: {chunk['error']}")
+                        raise OpenAICompatError(SERVICE, "server_error", f"{url} streamed an error: {chunk['error']}")
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
                         if text:
                             yield TextDelta(text)
                 finished = True  # the server closed the stream without [DONE]: take what came
+        except httpx.TimeoutException as err:
+            raise OpenAICompatError(SERVICE, "timeout", f"{url}: {type(err).__name__}") from err
+        except httpx.TransportError as err:  # refused, reset, DNS: the server is not there
+            raise OpenAICompatError(SERVICE, "unreachable", f"{url}: {err or type(err).__name__}") from err
         finally:
             if not finished:
                 self.streams_stopped_early += 1
