@@ -132,7 +132,7 @@ async def test_stopping_early_closes_the_websocket(standin, make, how):
 
 
 async def test_unauthorised_is_not_retried(standin, make):
-    standin.set_mode("unauthorised")
+    standin.mode = "unauthorised"
     backend = make(retry={"attempts": 3, "backoff_s": 0.01})
     with pytest.raises(RemoteServiceError) as caught:
         await collect(backend)
@@ -142,14 +142,14 @@ async def test_unauthorised_is_not_retried(standin, make):
 
 
 async def test_transient_failures_are_retried_then_succeed(standin, make):
-    standin.set_mode("fail_times:2")
+    standin.mode = "fail_times:2"
     chunks = await collect(make())
     assert [r["outcome"] for r in standin.requests] == ["refused 503", "refused 503", "ok"]
     assert chunks and chunks[0].start == 0.0
 
 
 async def test_rate_limited_is_retried_up_to_the_policy(standin, make):
-    standin.set_mode("rate_limited")
+    standin.mode = "rate_limited"
     with pytest.raises(RemoteServiceError) as caught:
         await collect(make())
     assert caught.value.kind == "rate_limited"
@@ -158,7 +158,7 @@ async def test_rate_limited_is_retried_up_to_the_policy(standin, make):
 
 async def test_stall_times_out(standin, make, caplog):
     caplog.set_level(logging.DEBUG)
-    standin.set_mode("stall")
+    standin.mode = "stall"
     backend = make(retry={"attempts": 2, "backoff_s": 0.01, "timeout_s": 0.5})
     started = time.monotonic()
     with pytest.raises(RemoteServiceError) as caught:
@@ -176,7 +176,7 @@ async def test_stall_times_out(standin, make, caplog):
 
 @pytest.mark.parametrize("mode", ["disconnect", "close_early"])
 async def test_cut_stream_fails_without_retry(standin, make, mode):
-    standin.set_mode(mode)
+    standin.mode = mode
     backend = make()
     chunks = []
     with pytest.raises(RemoteServiceError) as caught:
@@ -188,7 +188,7 @@ async def test_cut_stream_fails_without_retry(standin, make, mode):
 
 
 async def test_no_audio_is_a_bad_request(standin, make):
-    standin.set_mode("no_audio")
+    standin.mode = "no_audio"
     with pytest.raises(RemoteServiceError) as caught:
         await collect(make())
     assert caught.value.kind == "bad_request"

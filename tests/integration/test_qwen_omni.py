@@ -19,9 +19,9 @@ from avatarchat.config import parse_stage
 from avatarchat.errors import StageLoadError
 from avatarchat.messages import AudioChunk, ChatMessage, SpeechRequest, TextDelta, Transcript
 from avatarchat.remote import RemoteServiceError
-from tests.standins._omni_common import tone
 from tests.standins.omni_realtime import OmniRealtimeStandin
 from tests.standins.openai_omni import OpenAIOmniStandin
+from tests.standins.server import speech_samples
 
 KEY = "sk-test-6f1c0a9e2b7d4f3e"
 REPLY = "Hello from the stand-in."
@@ -37,7 +37,7 @@ def make(**options) -> QwenOmni:
 
 def expected_audio(text: str) -> int:
     words = text.split(" ")
-    return sum(len(tone(w if i == len(words) - 1 else w + " ")) for i, w in enumerate(words))
+    return sum(speech_samples(w if i == len(words) - 1 else w + " ", 24000) for i, w in enumerate(words))
 
 
 def user_speech(seconds: float = 1.2, rate: int = 48000) -> AudioChunk:
@@ -90,7 +90,8 @@ async def test_speech_turn(service, caplog):
     speech = user_speech()
     items, first_audio = await collect(backend, SpeechRequest(history=HISTORY, audio=speech))
 
-    # What the SDK sent.
+    # What the SDK sent (a snapshot, once the stand-in has marked the end of its reply).
+    assert await wait_until(lambda: standin.requests[0]["finished_at"] is not None)
     (sent,) = standin.requests
     assert sent["auth"] == f"Bearer {KEY}"
     heard_samples = math.ceil(len(speech.samples) * 16000 / speech.sample_rate)
@@ -189,12 +190,12 @@ async def test_stopping_early_stops_generation(service):
             break
     stopped = time.monotonic()
     await stream.aclose()
-    (sent,) = standin.requests
+    closed = "client_closed_at" if options["api"] == "chat" else "closed_at"
+    assert await wait_until(lambda: standin.requests[0][closed] is not None)
+    (sent,) = standin.requests  # a snapshot: taken once the stand-in saw the client go
     if options["api"] == "chat":
-        assert await wait_until(lambda: sent["client_closed_at"] is not None)
         assert sent["client_closed_at"] - stopped < 1.0 and sent["finished_at"] is None
     else:
-        assert await wait_until(lambda: sent["closed_at"] is not None)
         assert sent["cancels"] == 1 and sent["cancelled_at"] - stopped < 1.0
         assert sent["closed_at"] - stopped < 1.0 and sent["finished_at"] is None
 

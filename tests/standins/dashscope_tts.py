@@ -32,14 +32,12 @@ proceeds.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import math
-import threading
 import time
 
-import numpy as np
 from aiohttp import WSMsgType, web
+
+from tests.standins.server import STALL_MARK, StandInServer, pcm16, speech_samples, tone
 
 
 def _new_record(headers) -> dict:
@@ -66,118 +64,41 @@ def _new_record(headers) -> dict:
     }
 
 
-class DashScopeTTSStandIn:
+_FAILURES = {
+    "quota": ("Arrearage", "Access denied, please make sure your account is in good standing."),
+    "rate_limited": ("Throttling", "Requests throttling triggered."),
+    "transient": ("InternalError", "Internal server error, please retry."),
+}
+
+
+def _task_failure(failure: str) -> tuple[str, str] | None:
+    """The task-failed (error_code, error_message) a task meeting ``failure`` gets, if any."""
+    if failure.startswith("task_failed:"):
+        return failure.split(":", 1)[1], "failed on request"
+    return _FAILURES.get(failure)
+
+
+class DashScopeTTSStandIn(StandInServer):
     """``with DashScopeTTSStandIn() as s: ... s.url ...``; ``s.mode = "quota"`` from any thread."""
+
+    SCHEME, URL_PATH = "ws", "/api-ws/v1/inference"
+    MODES = ("ok", "unauthorised", "quota", "rate_limited", "stall", "disconnect", "fail_times:",
+             "task_failed:")
 
     def __init__(self, tone_hz: float = 440.0, seconds_per_char: float = 0.06, speed: float = 4.0,
                  frame_s: float = 0.04, disconnect_after_s: float = 0.4, amplitude: float = 0.5):
+        super().__init__()
         self.tone_hz, self.seconds_per_char, self.speed = tone_hz, seconds_per_char, speed
         self.frame_s, self.disconnect_after_s, self.amplitude = frame_s, disconnect_after_s, amplitude
-        self._lock = threading.Lock()
-        self._mode = "ok"
-        self._fail_left = 0
-        self._records: list[dict] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.port: int | None = None
 
-    # --- control, from the test's thread ---------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api-ws/v1/inference"
-
-    @property
-    def mode(self) -> str:
-        with self._lock:
-            return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        known = ("ok", "unauthorised", "quota", "rate_limited", "stall", "disconnect")
-        if value not in known and not value.startswith(("fail_times:", "task_failed:")):
-            raise ValueError(f"unknown mode {value!r}")
-        with self._lock:
-            self._mode = value
-            self._fail_left = int(value.split(":", 1)[1]) if value.startswith("fail_times:") else 0
-
-    @property
-    def requests(self) -> list[dict]:
-        """A snapshot of what each connection / task sent and got."""
-        with self._lock:
-            return copy.deepcopy(self._records)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._records.clear()
-
-    def start(self) -> DashScopeTTSStandIn:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True,
-                                        name="dashscope-standin")
-        self._thread.start()
-        if not ready.wait(10) or self.port is None:
-            raise RuntimeError("the DashScope stand-in did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop = None
-
-    def __enter__(self) -> DashScopeTTSStandIn:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # --- the server, in its own thread and loop --------------------------------------------------
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/api-ws/v1/inference", self._handle)
         app.router.add_get("/api-ws/v1/inference/", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-        loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self.port = self._runner.addresses[0][1]
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    def _take_failure(self) -> tuple[str, str] | None:
-        """The (error_code, error_message) this task fails with, if the mode says so."""
-        with self._lock:
-            mode = self._mode
-            if mode == "quota":
-                return "Arrearage", "Access denied, please make sure your account is in good standing."
-            if mode == "rate_limited":
-                return "Throttling", "Requests throttling triggered."
-            if mode.startswith("task_failed:"):
-                return mode.split(":", 1)[1], "failed on request"
-            if mode.startswith("fail_times:") and self._fail_left > 0:
-                self._fail_left -= 1
-                return "InternalError", "Internal server error, please retry."
-        return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        record = _new_record(request.headers)
-        with self._lock:
-            self._records.append(record)
-            refused = self._mode == "unauthorised"
-        if refused:
-            record["refused"] = 401
-            record["closed_at"] = time.monotonic()
+        record = self._add_record(_new_record(request.headers))
+        if self.mode == "unauthorised":
+            self._update(record, refused=401, closed_at=time.monotonic())
             return web.json_response({"code": "InvalidApiKey", "message": "Invalid API-key provided.",
                                       "request_id": "standin"}, status=401)
         ws = web.WebSocketResponse(autoping=True)
@@ -192,14 +113,8 @@ class DashScopeTTSStandIn:
                 record["closed_at"] = time.monotonic()
         return ws
 
-    def _update(self, record: dict, **changes) -> None:
-        with self._lock:
-            record.update(changes)
-
     def _tone(self, start_sample: int, count: int, rate: int) -> bytes:
-        t = (start_sample + np.arange(count)) / rate
-        wave = self.amplitude * np.sin(2 * math.pi * self.tone_hz * t)
-        return (wave * 32767).astype("<i2").tobytes()
+        return pcm16(tone(count, rate, self.tone_hz, self.amplitude, start=start_sample))
 
 
 class _Connection:
@@ -246,12 +161,12 @@ class _Connection:
             self.rate = int(params.get("sample_rate") or 24000)
             server._update(record, task_id=self.task_id, model=payload.get("model"), parameters=params,
                            run_task=message)
-            if server.mode == "stall":
+            failure = server.failure()
+            if failure == "stall":
                 self.stall()
                 return True
-            failure = server._take_failure()
-            if failure:
-                code, text = failure
+            if (error := _task_failure(failure)) is not None:
+                code, text = error
                 server._update(record, failed=code)
                 await self.send_event("task-failed", error_code=code, error_message=text)
                 return True  # the SDK closes after task-failed
@@ -261,7 +176,7 @@ class _Connection:
             text = payload.get("input", {}).get("text", "")
             with server._lock:
                 record["texts"].append(text)
-            if "[stall]" in text:
+            if STALL_MARK in text:
                 self.stall()
             if not self.stalled:
                 self.texts.put_nowait(text)
@@ -307,7 +222,7 @@ class _Connection:
             sentence = {"index": index, "words": []}
             await self.send_event("result-generated", {"output": {"type": "sentence-begin",
                                                                   "sentence": sentence, "original_text": text}})
-            total = int(round(len(text) * server.seconds_per_char * self.rate))
+            total = speech_samples(text, self.rate, server.seconds_per_char)
             end = sample + total
             while sample < end:
                 count = min(frame, end - sample)

@@ -29,12 +29,13 @@ The audio: a sine tone of ``tone_hz`` plus the SSML's pitch in Hz, with a syllab
 word, lasting ``seconds_per_char`` per character of text divided by (1 + rate %/100): tests can check
 that rate and pitch reached the "service" by the audio's length and frequency.
 
-Modes (``set_mode``, thread-safe): ``ok``; ``unauthorised`` (handshake refused with 403, with a Date
-header, as Microsoft does: the SDK corrects its clock and tries once more); ``rate_limited`` (429);
-``fail_times:N`` (the next N handshakes refused with 503, then ok); ``stall`` (accept, read the
-request, never answer); ``disconnect`` (send about half the audio, then drop the TCP connection);
-``close_early`` (half the audio, then a clean websocket close without turn.end); ``no_audio``
-(turn.start then turn.end). A request whose text contains ``[stall]`` stalls whatever the mode.
+Modes (``mode``, settable from any thread): ``ok``; ``unauthorised`` (handshake refused with 403,
+with a Date header, as Microsoft does: the SDK corrects its clock and tries once more);
+``rate_limited`` (429); ``fail_times:N`` (the next N handshakes refused with 503, then ok);
+``stall`` (accept, read the request, never answer); ``disconnect`` (send about half the audio, then
+drop the TCP connection); ``close_early`` (half the audio, then a clean websocket close without
+turn.end); ``no_audio`` (turn.start then turn.end). A request whose text contains ``[stall]``
+stalls whatever the mode.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -51,6 +51,8 @@ from urllib.parse import parse_qsl
 import av
 import numpy as np
 from aiohttp import WSMsgType, web
+
+from tests.standins.server import STALL_MARK, StandInServer, pcm16, tone
 
 PATH = "/consumer/speech/synthesize/readaloud/edge/v1"
 TRUSTED_CLIENT_TOKEN = "6A5AA1D4EAFF4E9FB37E23D68491D6F4"
@@ -82,7 +84,6 @@ def speech(text: str, seconds_per_char: float, tone_hz: float, rate_pct: int) ->
     """The tone for ``text`` and its word boundaries [(word, start_s, duration_s)]."""
     duration = max(0.3, seconds_per_char * len(text) / (1 + rate_pct / 100))
     n = int(duration * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
     envelope = np.full(n, 0.25)
     words = text.split() or [text]
     total = sum(len(w) + 1 for w in words)
@@ -93,7 +94,7 @@ def speech(text: str, seconds_per_char: float, tone_hz: float, rate_pct: int) ->
         envelope[a:b] = np.sin(np.linspace(0, np.pi, max(b - a, 1))) * 0.6 + 0.25
         bounds.append((word, at, length * 0.85))
         at += length
-    return (0.5 * envelope * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32), bounds
+    return (envelope * tone(n, SAMPLE_RATE, tone_hz, amplitude=0.5)).astype(np.float32), bounds
 
 
 def encode_mp3(samples: np.ndarray) -> bytes:
@@ -101,7 +102,7 @@ def encode_mp3(samples: np.ndarray) -> bytes:
     codec = av.CodecContext.create("libmp3lame", "w")
     codec.sample_rate, codec.layout, codec.format, codec.bit_rate = SAMPLE_RATE, "mono", "s16p", 48000
     codec.open()
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    pcm = np.frombuffer(pcm16(samples), dtype="<i2")
     size, out = codec.frame_size, bytearray()
     for i in range(0, len(pcm), size):
         part = np.pad(pcm[i:i + size], (0, max(0, size - len(pcm[i:i + size]))))
@@ -112,45 +113,24 @@ def encode_mp3(samples: np.ndarray) -> bytes:
     return bytes(out)
 
 
-class EdgeTTSStandIn:
+class EdgeTTSStandIn(StandInServer):
     """The server, on 127.0.0.1 in a thread and event loop of its own. ``requests`` holds one dict
     per connection (handshake query and headers, speech.config, SSML and what it asked for, the
     outcome, timings on time.monotonic()); ``disconnects`` counts connections the client closed
     before turn.end."""
 
+    SCHEME, URL_PATH = "ws", f"{PATH}?TrustedClientToken={TRUSTED_CLIENT_TOKEN}"
+    MODES = ("ok", "unauthorised", "rate_limited", "stall", "disconnect", "close_early", "no_audio",
+             "fail_times:")
+
     def __init__(self, seconds_per_char: float = 0.06, tone_hz: float = 440.0,
                  frame_bytes: int = 1200, frame_interval_s: float = 0.04, mode: str = "ok"):
+        super().__init__(mode)
         self.seconds_per_char, self.tone_hz = seconds_per_char, tone_hz
         self.frame_bytes, self.frame_interval_s = frame_bytes, frame_interval_s
-        self._lock = threading.Lock()
-        self._mode, self._failures_left = "ok", 0
-        self.set_mode(mode)
-        self._requests: list[dict] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    # -- control, from the test's thread --------------------------------------------------------
-
-    def set_mode(self, mode: str) -> None:
-        with self._lock:
-            if mode.startswith("fail_times:"):
-                self._mode, self._failures_left = "fail_times", int(mode.split(":", 1)[1])
-            elif mode in ("ok", "unauthorised", "rate_limited", "stall", "disconnect", "close_early",
-                          "no_audio"):
-                self._mode, self._failures_left = mode, 0
-            else:
-                raise ValueError(f"unknown stand-in mode {mode!r}")
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{PATH}?TrustedClientToken={TRUSTED_CLIENT_TOKEN}"
-
-    @property
-    def requests(self) -> list[dict]:
-        with self._lock:
-            return [dict(r) for r in self._requests]
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get(PATH, self._handle)
 
     @property
     def disconnects(self) -> int:
@@ -166,71 +146,17 @@ class EdgeTTSStandIn:
             time.sleep(0.01)
         return None
 
-    def start(self) -> "EdgeTTSStandIn":
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self._serve())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="edge-tts-standin", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the Edge TTS stand-in did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> "EdgeTTSStandIn":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # -- the server, in its own loop ------------------------------------------------------------
-
-    async def _serve(self) -> None:
-        app = web.Application()
-        app.router.add_get(PATH, self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def _record(self, record: dict, **fields) -> None:
-        with self._lock:
-            record.update(fields)
-
-    def _handshake_outcome(self) -> str:
-        with self._lock:
-            if self._mode == "fail_times":
-                if self._failures_left > 0:
-                    self._failures_left -= 1
-                    return "refused 503"
-                return "ok"
-            return self._mode
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         record = {"query": dict(parse_qsl(request.query_string)), "headers": dict(request.headers),
                   "opened_at": time.monotonic(), "closed_at": None, "closed_early": False,
                   "audio_bytes_sent": 0, "finished_sending_at": None}
-        with self._lock:
-            self._requests.append(record)
-        outcome = self._handshake_outcome()
-        refusals = {"unauthorised": 403, "rate_limited": 429, "refused 503": 503}
+        self._add_record(record)
+        outcome = self.failure()
+        refusals = {"unauthorised": 403, "rate_limited": 429, "transient": 503}
         if outcome in refusals:
-            self._record(record, outcome=f"refused {refusals[outcome]}", closed_at=time.monotonic())
+            self._update(record, outcome=f"refused {refusals[outcome]}", closed_at=time.monotonic())
             return web.Response(status=refusals[outcome], text="refused by the stand-in")
 
         ws = web.WebSocketResponse(compress=True)
@@ -240,19 +166,19 @@ class EdgeTTSStandIn:
             for _ in range(2):  # speech.config, then the SSML
                 msg = await ws.receive(timeout=10)
                 if msg.type != WSMsgType.TEXT:
-                    self._record(record, outcome=f"client sent {msg.type.name}")
+                    self._update(record, outcome=f"client sent {msg.type.name}")
                     return ws
                 self._take_request(record, msg.data)
             watcher = asyncio.create_task(self._watch(ws, record, closed))
-            if outcome == "stall" or "[stall]" in record.get("text", ""):
-                self._record(record, outcome="stalled")
+            if outcome == "stall" or STALL_MARK in record.get("text", ""):
+                self._update(record, outcome="stalled")
                 await closed.wait()
             else:
                 await self._answer(request, ws, record, outcome, closed)
             watcher.cancel()
         finally:
             if record["closed_at"] is None:
-                self._record(record, closed_at=time.monotonic())
+                self._update(record, closed_at=time.monotonic())
         return ws
 
     async def _watch(self, ws: web.WebSocketResponse, record: dict, closed: asyncio.Event) -> None:
@@ -260,18 +186,18 @@ class EdgeTTSStandIn:
         async for _ in ws:
             pass
         early = record.get("turn_end_sent_at") is None
-        self._record(record, closed_at=time.monotonic(), closed_early=early)
+        self._update(record, closed_at=time.monotonic(), closed_early=early)
         closed.set()
 
     def _take_request(self, record: dict, message: str) -> None:
         headers, body = _headers_and_body(message)
         if headers.get("Path") == "speech.config":
-            self._record(record, speech_config_headers=headers, speech_config=json.loads(body))
+            self._update(record, speech_config_headers=headers, speech_config=json.loads(body))
         elif headers.get("Path") == "ssml":
             root = ET.fromstring(body)
             voice = root.find("{*}voice")
             prosody = voice.find("{*}prosody")
-            self._record(record, ssml_headers=headers, ssml=body, voice=voice.get("name"),
+            self._update(record, ssml_headers=headers, ssml=body, voice=voice.get("name"),
                          rate=prosody.get("rate"), pitch=prosody.get("pitch"),
                          volume=prosody.get("volume"), text="".join(prosody.itertext()))
 
@@ -287,7 +213,7 @@ class EdgeTTSStandIn:
             pitch_hz = int(re.sub(r"[^-+\d]", "", record["pitch"]) or 0)
             samples, words = speech(record["text"], self.seconds_per_char, self.tone_hz + pitch_hz, rate_pct)
             mp3 = encode_mp3(samples)
-            self._record(record, audio_seconds=len(samples) / SAMPLE_RATE, tone_hz=self.tone_hz + pitch_hz,
+            self._update(record, audio_seconds=len(samples) / SAMPLE_RATE, tone_hz=self.tone_hz + pitch_hz,
                          mp3_bytes=len(mp3))
             options = record["speech_config"]["context"]["synthesis"]["audio"]["metadataoptions"]
             kind = "WordBoundary" if options.get("wordBoundaryEnabled") == "true" else "SentenceBoundary"
@@ -302,10 +228,10 @@ class EdgeTTSStandIn:
                         request.transport.abort()  # no close frame: the TCP connection just ends
                     else:
                         await ws.close()
-                    self._record(record, outcome=outcome)
+                    self._update(record, outcome=outcome)
                     return
                 await ws.send_bytes(_audio_frame(request_id, stream_id, piece))
-                self._record(record, audio_bytes_sent=record["audio_bytes_sent"] + len(piece))
+                self._update(record, audio_bytes_sent=record["audio_bytes_sent"] + len(piece))
                 sent_s += len(piece) * 8 / 48000
                 while words and words[0][1] <= sent_s:  # a boundary once its audio has gone out
                     word, at, length = words.pop(0)
@@ -315,14 +241,14 @@ class EdgeTTSStandIn:
                             "text": {"Text": word, "Length": len(word), "BoundaryType": kind}}}]}))
                 try:  # pace the frames; stop at once if the client goes
                     await asyncio.wait_for(closed.wait(), self.frame_interval_s)
-                    self._record(record, outcome="client closed")
+                    self._update(record, outcome="client closed")
                     return
                 except TimeoutError:
                     pass
-            self._record(record, finished_sending_at=time.monotonic())
+            self._update(record, finished_sending_at=time.monotonic())
             await ws.send_bytes(_audio_frame(request_id, stream_id, b""))
         await ws.send_str(_text_frame(request_id, "turn.end", {}))
-        self._record(record, turn_end_sent_at=time.monotonic(), outcome="ok")
+        self._update(record, turn_end_sent_at=time.monotonic(), outcome="ok")
         try:  # the client closes after turn.end
             await asyncio.wait_for(closed.wait(), 5)
         except TimeoutError:

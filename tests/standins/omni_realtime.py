@@ -37,23 +37,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 
 from aiohttp import WSMsgType, web
 
-from tests.standins._omni_common import STALL_MARK, ThreadedStandin, pcm16, tone
+from tests.standins.server import STALL_MARK, StandInServer, pcm16, speech_samples, tone
 
 _HANDSHAKE = {"unauthorised": 401, "rate_limited": 429, "transient": 503}
 
 
-class OmniRealtimeStandin(ThreadedStandin):
-    def __init__(self, *args, transcript: str = "what is the weather", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.transcript = transcript
+class OmniRealtimeStandin(StandInServer):
+    SCHEME, URL_PATH = "ws", "/api-ws/v1/realtime"
+    MODES = ("ok", "unauthorised", "quota", "rate_limited", "stall", "disconnect", "fail_times:")
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api-ws/v1/realtime"
+    def __init__(self, key: str = "sk-standin-key", reply: str = "Hello from the stand-in.",
+                 pace_s: float = 0.03, transcript: str = "what is the weather"):
+        super().__init__()
+        self.key, self.reply, self.pace_s, self.transcript = key, reply, pace_s, transcript
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api-ws/v1/realtime", self._session)
@@ -61,12 +62,12 @@ class OmniRealtimeStandin(ThreadedStandin):
     async def _session(self, request: web.Request):
         record = {"auth": request.headers.get("Authorization"), "model": request.query.get("model"),
                   "session": None, "items": [], "audio_bytes": 0, "appends": 0, "commits": 0,
-                  "responses": 0, "cancels": 0, "events": [], "connected_at": self.now(),
+                  "responses": 0, "cancels": 0, "events": [], "connected_at": time.monotonic(),
                   "first_audio_at": None, "finished_at": None, "cancelled_at": None, "closed_at": None}
-        self.requests.append(record)
+        self._add_record(record)
         failure = "unauthorised" if record["auth"] != f"Bearer {self.key}" else self.failure()
         if failure in _HANDSHAKE:
-            record["refused"] = _HANDSHAKE[failure]
+            self._update(record, refused=_HANDSHAKE[failure])
             return web.json_response({"code": failure, "message": "refused"}, status=_HANDSHAKE[failure])
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -91,9 +92,10 @@ class OmniRealtimeStandin(ThreadedStandin):
                     continue
                 event = json.loads(msg.data)
                 kind = event.get("type")
-                record["events"].append(kind)
+                with self._lock:
+                    record["events"].append(kind)
                 if kind == "session.update":
-                    record["session"] = event.get("session")
+                    self._update(record, session=event.get("session"))
                     if failure == "quota":
                         await send("error", error={"type": "invalid_request_error", "code": "Arrearage",
                                                    "message": "Access denied, please make sure your "
@@ -104,14 +106,16 @@ class OmniRealtimeStandin(ThreadedStandin):
                 elif failure == "stall" and kind != "input_audio_buffer.append":
                     continue  # the service went silent
                 elif kind == "conversation.item.create":
-                    record["items"].append(event.get("item"))
+                    with self._lock:
+                        record["items"].append(event.get("item"))
                     await send("conversation.item.created", item={"id": f"item_{uuid.uuid4().hex[:12]}",
                                                                    **(event.get("item") or {})})
                 elif kind == "input_audio_buffer.append":
-                    record["appends"] += 1
-                    record["audio_bytes"] += len(base64.b64decode(event.get("audio", "")))
+                    audio = base64.b64decode(event.get("audio", ""))
+                    self._update(record, appends=record["appends"] + 1,
+                                 audio_bytes=record["audio_bytes"] + len(audio))
                 elif kind == "input_audio_buffer.commit":
-                    record["commits"] += 1
+                    self._update(record, commits=record["commits"] + 1)
                     item_id = f"item_{uuid.uuid4().hex[:12]}"
                     await send("input_audio_buffer.committed", previous_item_id=None, item_id=item_id)
                     await send("conversation.item.created", item={
@@ -121,15 +125,14 @@ class OmniRealtimeStandin(ThreadedStandin):
                         await send("conversation.item.input_audio_transcription.completed",
                                    item_id=item_id, content_index=0, transcript=self.transcript)
                 elif kind == "response.create":
-                    record["responses"] += 1
+                    self._update(record, responses=record["responses"] + 1)
                     texts = [session.get("instructions") or ""] + [
                         c.get("text", "") for it in record["items"] for c in (it.get("content") or [])]
                     if any(STALL_MARK in t for t in texts):
                         continue  # never answers
                     responding = asyncio.create_task(self._respond(ws, send, record, failure, request))
                 elif kind == "response.cancel":
-                    record["cancels"] += 1
-                    record["cancelled_at"] = self.now()
+                    self._update(record, cancels=record["cancels"] + 1, cancelled_at=time.monotonic())
                     if responding is not None and not responding.done():
                         responding.cancel()
                         await send("response.done", response={"id": "resp", "status": "cancelled"})
@@ -139,7 +142,7 @@ class OmniRealtimeStandin(ThreadedStandin):
         except (ConnectionError, RuntimeError):
             pass
         finally:
-            record["closed_at"] = self.now()
+            self._update(record, closed_at=time.monotonic())
             if responding is not None:
                 responding.cancel()
         return ws
@@ -160,14 +163,14 @@ class OmniRealtimeStandin(ThreadedStandin):
                 word = word if i == len(words) - 1 else word + " "
                 await send("response.audio_transcript.delta", response_id=response_id, item_id=item["id"],
                            output_index=0, content_index=0, delta=word)
-                samples = tone(word)
+                samples = tone(speech_samples(word, 24000), 24000)
                 for start in range(0, len(samples), 4800):
                     if failure == "disconnect" and deltas == 2:
-                        record["dropped_at"] = self.now()
+                        self._update(record, dropped_at=time.monotonic())
                         request.transport.close()  # no close frame: the connection just drops
                         return
                     if record["first_audio_at"] is None:
-                        record["first_audio_at"] = self.now()
+                        self._update(record, first_audio_at=time.monotonic())
                     await send("response.audio.delta", response_id=response_id, item_id=item["id"],
                                output_index=0, content_index=0,
                                delta=base64.b64encode(pcm16(samples[start:start + 4800])).decode())
@@ -179,6 +182,6 @@ class OmniRealtimeStandin(ThreadedStandin):
             await send("response.done", response={
                 "id": response_id, "object": "realtime.response", "status": "completed",
                 "usage": {"total_tokens": 180, "input_tokens": 120, "output_tokens": 60}})
-            record["finished_at"] = self.now()
+            self._update(record, finished_at=time.monotonic())
         except (ConnectionError, RuntimeError):
             pass

@@ -20,10 +20,11 @@ Protocol (what the ``openai`` SDK sends and reads):
   "quota_429": 429 insufficient_quota), 429 limit_requests, 503 for a transient failure.
 
 Modes (``mode``, settable while running): ok, unauthorised, quota, quota_429, rate_limited,
-fail_times:N (the first N requests fail with 503), stall (never answers), disconnect (drops the
+fail_times:N (the next N requests fail with 503), stall (never answers), disconnect (drops the
 connection after a few chunks). A request whose typed text or history holds "[stall]" stalls
-whatever the mode. The reply is ``reply`` (a sentence) spoken as a tone of 0.06 s a character,
-sent in pieces ``pace_s`` apart so streaming can be seen.
+whatever the mode. The reply is ``reply`` (a sentence) spoken as a 440 Hz tone of 0.06 s a
+character, sent in pieces ``pace_s`` apart so streaming can be seen. A request whose key is not
+``key`` is refused as unauthorised. ``requests`` holds one record per request.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import wave
 
 from aiohttp import web
 
-from tests.standins._omni_common import STALL_MARK, ThreadedStandin, pcm16, tone
+from tests.standins.server import STALL_MARK, StandInServer, pcm16, speech_samples, tone
 
 _ERRORS = {
     "unauthorised": (401, {"message": "Incorrect API key provided.", "type": "invalid_request_error",
@@ -77,14 +78,15 @@ def _describe_messages(messages: list) -> list:
     return out
 
 
-class OpenAIOmniStandin(ThreadedStandin):
-    def __init__(self, *args, text_field: str = "both", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.text_field = text_field
+class OpenAIOmniStandin(StandInServer):
+    URL_PATH = "/compatible-mode/v1"
+    MODES = ("ok", "unauthorised", "quota", "quota_429", "rate_limited", "stall", "disconnect",
+             "fail_times:")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/compatible-mode/v1"
+    def __init__(self, key: str = "sk-standin-key", reply: str = "Hello from the stand-in.",
+                 pace_s: float = 0.03, text_field: str = "both"):
+        super().__init__()
+        self.key, self.reply, self.pace_s, self.text_field = key, reply, pace_s, text_field
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/compatible-mode/v1/chat/completions", self._completions)
@@ -96,9 +98,9 @@ class OpenAIOmniStandin(ThreadedStandin):
                   "stream": body.get("stream"), "stream_options": body.get("stream_options"),
                   "max_tokens": body.get("max_tokens"), "temperature": body.get("temperature"),
                   "messages": _describe_messages(body.get("messages") or []),
-                  "received_at": self.now(), "first_audio_at": None, "finished_at": None,
+                  "received_at": time.monotonic(), "first_audio_at": None, "finished_at": None,
                   "client_closed_at": None}
-        self.requests.append(record)
+        self._add_record(record)
         texts = [m["content"] for m in body.get("messages") or [] if isinstance(m.get("content"), str)]
         stalled = any(STALL_MARK in t for t in texts)
         failure = "unauthorised" if record["auth"] != f"Bearer {self.key}" else self.failure()
@@ -129,7 +131,7 @@ class OpenAIOmniStandin(ThreadedStandin):
                 pieces.append(chunk({"content": word}))
             if self.text_field in ("transcript", "both"):
                 pieces.append(chunk({"audio": {"transcript": word}}))
-            samples = tone(word)
+            samples = tone(speech_samples(word, 24000), 24000)
             for start in range(0, len(samples), 4800):  # 0.2 s of audio a chunk
                 pieces.append(chunk({"audio": {"data": base64.b64encode(pcm16(samples[start:start + 4800])).decode(),
                                                "id": audio_id, "expires_at": created + 86400}}))
@@ -143,14 +145,14 @@ class OpenAIOmniStandin(ThreadedStandin):
             for n, piece in enumerate(pieces):
                 if failure == "disconnect" and n == 4:
                     request.transport.close()  # drop the connection mid-reply, no end of stream
-                    record["dropped_at"] = self.now()
+                    self._update(record, dropped_at=time.monotonic())
                     return response
                 if b'"data"' in piece and record["first_audio_at"] is None:
-                    record["first_audio_at"] = self.now()
+                    self._update(record, first_audio_at=time.monotonic())
                 await response.write(piece)
                 await asyncio.sleep(self.pace_s)
             await response.write_eof()
-            record["finished_at"] = self.now()
+            self._update(record, finished_at=time.monotonic())
         except (ConnectionError, RuntimeError):
-            record["client_closed_at"] = self.now()  # the client went away mid-reply
+            self._update(record, client_closed_at=time.monotonic())  # the client went away mid-reply
         return response
