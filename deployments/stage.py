@@ -64,7 +64,9 @@ class StageDeployment:
                 yield item
 
     def call_stats(self) -> dict:
-        return {"stage": self.config.stage, "backend": self.config.backend, **asdict(self.stats),
+        fallback = self.config.fallback.backend if self.config.fallback is not None else None
+        return {"stage": self.config.stage, "backend": self.config.backend, "fallback": fallback,
+                **asdict(self.stats),
                 "process": process_stats()}
 
     def diagnostics(self) -> dict:

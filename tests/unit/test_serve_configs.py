@@ -3,19 +3,23 @@
 import pytest
 import yaml
 
+import graph
 from avatarchat.config import load_serve_config
 from avatarchat.local_cluster import ROOT
 
-MODEL_STAGES = ("ASR", "LLM", "TTS", "Avatar")
-CONFIGS = ("serve_config.yaml", "serve_config.gpu.yaml")
+CONFIGS = ("serve_config.yaml", "serve_config.gpu.yaml", "serve_config.cloud.yaml", "serve_config.omni.yaml")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_model_deployment_autoscales_with_explicit_settings(name):
     doc = yaml.safe_load((ROOT / name).read_text())
     deployments = {d["name"]: d for d in doc["applications"][0]["deployments"]}
-    turn_timeout = load_serve_config(ROOT / name).limits.turn_timeout_s
-    for stage in MODEL_STAGES:
+    config = load_serve_config(ROOT / name)
+    turn_timeout = config.limits.turn_timeout_s
+    model_stages = [cls.name for cls in graph.stage_deployments(config).values()]
+    # exactly the graph's deployments: Serve refuses settings for a deployment the app lacks
+    assert set(deployments) == {"Gateway", "Media", *model_stages}, name
+    for stage in model_stages:
         d = deployments[stage]
         a = d["autoscaling_config"]
         for key in ("min_replicas", "max_replicas", "target_ongoing_requests"):
@@ -50,3 +54,14 @@ def test_gpu_config_shares_one_gpu_between_the_stages():
     assert stages["asr"]["device"].startswith("cuda") and stages["tts"]["device"] == "cuda"
     # vLLM's memory fraction is of the whole GPU: it must fit inside the LLM deployment's share
     assert stages["llm"]["gpu_memory_utilization"] < gpus["LLM"]
+
+
+def test_the_cloud_configs_take_keys_from_the_environment_and_fall_back_to_embedded_models():
+    cloud = load_serve_config(ROOT / "serve_config.cloud.yaml")
+    llm, tts = cloud.stage("llm"), cloud.stage("tts")
+    assert (llm.backend, llm.fallback.backend, tts.backend, tts.fallback.backend) == \
+        ("openai_compat", "llama_cpp", "cosyvoice_bailian", "hibari")
+    assert llm.options.api_key_env == tts.options.api_key_env == "DASHSCOPE_API_KEY"
+    omni = load_serve_config(ROOT / "serve_config.omni.yaml")
+    assert omni.speech_to_speech and omni.stage("speech_to_speech").backend == "qwen_omni"
+    assert not {"asr", "llm", "tts"} & set(omni.stages)

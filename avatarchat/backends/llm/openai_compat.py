@@ -51,7 +51,8 @@ class OpenAICompatLLM(LLMBackend):
                                    description="fixed system prompt sent first in every request")
         check_on_load: bool = Field(False, description="GET {base_url}/models at start-up and fail "
                                                        "if the server does not answer")
-        retry: RetryPolicy = RetryPolicy()
+        retry: RetryPolicy = Field(default_factory=RetryPolicy, description="retries of an unreachable, "
+                                   "rate-limited, failing or stalled server, before the first token only")
 
         @field_validator("base_url")
         @classmethod
