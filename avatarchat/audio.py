@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import struct
 import wave
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import av
 import numpy as np
 
 from avatarchat.errors import BadInput
+from avatarchat.messages import AudioChunk
 
 
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -155,3 +158,30 @@ def trim_lead_silence(samples: np.ndarray, sample_rate: int, keep_s: float,
     if not len(loud):
         return samples
     return samples[max(0, loud[0] * n - int(keep_s * sample_rate)):]
+
+
+async def coalesce(pieces: AsyncIterator[np.ndarray], min_samples: int) -> AsyncIterator[np.ndarray]:
+    """``pieces`` of float32 audio joined into chunks of at least ``min_samples`` (0: each non-empty
+    piece as it comes); the last chunk holds what is left, however short. Empty pieces vanish."""
+    held: list[np.ndarray] = []
+    count = 0
+    async with aclosing(pieces):
+        async for piece in pieces:
+            if len(piece):
+                held.append(piece)
+                count += len(piece)
+            if count >= max(min_samples, 1):
+                yield np.concatenate(held)
+                held, count = [], 0
+    if held:
+        yield np.concatenate(held)
+
+
+async def timed_chunks(pieces: AsyncIterator[np.ndarray], sample_rate: int) -> AsyncIterator[AudioChunk]:
+    """Consecutive ``pieces`` of one stream as AudioChunks, each stamped with its start in it."""
+    start = 0.0
+    async with aclosing(pieces):
+        async for samples in pieces:
+            chunk = AudioChunk(samples, sample_rate, start)
+            start = chunk.end
+            yield chunk

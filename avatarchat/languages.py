@@ -55,3 +55,19 @@ def guess_from_script(text: str) -> str | None:
     if hangul > han:
         return "ko"
     return "zh" if han else None
+
+
+def language_keys(by_language: dict[str, str]) -> dict[str, str]:
+    """Validator body for a TTS's ``voices_by_language`` option: its codes lower-cased, as
+    choice_for looks them up (the ASR's "zh", a config's "ZH" or "zh-TW" alike)."""
+    return {code.strip().lower(): voice for code, voice in by_language.items()}
+
+
+def choice_for(code: str | None, by_language: dict, default):
+    """``by_language``'s entry for ``code`` ("zh-TW" tries "zh-tw", then "zh"), else ``default``:
+    the voice a TTS speaks a reply in that language with."""
+    if code:
+        for key in (code.strip().lower(), normalise(code)):
+            if key in by_language:
+                return by_language[key]
+    return default

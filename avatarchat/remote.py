@@ -10,6 +10,7 @@ a retry would repeat what the user already heard, so the failure ends the turn i
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -79,6 +80,53 @@ def kind_for_status(status: int) -> FailureKind:
     return "bad_request"
 
 
+def kind_for_code(code: str | None, status: int | None = None) -> FailureKind | None:
+    """The failure kind of a service's error code (DashScope's "Arrearage", "Throttling.RateQuota",
+    OpenAI's "insufficient_quota", ...) and HTTP ``status``; None when neither says. The code tells
+    apart what one status covers (429: quota or rate limit; 400: a bad key or request); the rest the
+    status says plainly."""
+    c = "".join(ch for ch in (code or "").lower() if ch.isalnum())  # "invalid_api_key" ~ "InvalidApiKey"
+    if any(k in c for k in ("arrearage", "allocationquota", "freetieronly", "insufficient")) or \
+            ("quota" in c and "rate" not in c):
+        return "quota"
+    if c.startswith("throttling") or any(k in c for k in ("ratelimit", "ratequota", "toomanyrequests",
+                                                          "limitrequests")):
+        return "rate_limited"
+    if any(k in c for k in ("apikey", "unauthori", "accessdenied", "forbidden", "authentication")):
+        return "unauthorised"
+    if status is not None:
+        return kind_for_status(status)
+    if "timeout" in c:
+        return "timeout"
+    if any(k in c for k in ("invalid", "badrequest", "datainspection", "unsupported", "notfound",
+                            "missing", "toolong")):
+        return "bad_request"
+    if any(k in c for k in ("internal", "unavailable", "server", "overload")):
+        return "server_error"
+    return None
+
+
+def handshake_failure(status: int, body: bytes | str | None) -> tuple[FailureKind, str]:
+    """The kind and detail of a refused websocket handshake: its HTTP ``status``, unless the JSON
+    body's ``code`` says more (DashScope answers an account in arrears with 429 and "Arrearage")."""
+    code = text = ""
+    try:
+        parsed = json.loads(body or b"{}")
+        code, text = str(parsed.get("code", "")), str(parsed.get("message", ""))
+    except (ValueError, AttributeError):
+        pass
+    return kind_for_code(code, status), f"handshake HTTP {status} {code} {text}".strip()
+
+
+def scrub(detail: object, secret: str | None) -> str:
+    """``detail`` fit for an error message: ``secret`` masked (a service may echo what it was sent)
+    and cut to 300 characters."""
+    text = str(detail or "")
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:300]
+
+
 class RetryPolicy(Options):
     """How a remote backend retries a failure that another try can fix (unreachable, timeout, rate
     limited, a server error), and only before any output reached the session."""
@@ -134,4 +182,11 @@ def env_name(value: str) -> str:
     if not value or not all(c.isalnum() or c == "_" for c in value) or value[0].isdigit():
         raise ValueError("must be the NAME of an environment variable (letters, digits, underscores), "
                          "not the key itself")
+    return value
+
+
+def service_url(value: str, *schemes: str) -> str:
+    """Validator body for a service's URL option: ``value`` when it starts with one of ``schemes``."""
+    if not value.startswith(schemes):
+        raise ValueError(f"must start with {' or '.join(schemes)}, got {value!r}")
     return value

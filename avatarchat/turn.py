@@ -59,6 +59,8 @@ class Turn:
 
     StateChanged("thinking"), Transcript, TextDelta..., StateChanged("speaking"), AvatarChunk...,
     ReplyDone, TurnTimings, StateChanged("listening") — or TurnFailed naming the stage that broke.
+    In the speech-to-speech shape the user's Transcript (the model's own, or the captioning ASR's)
+    arrives when it is ready, possibly after the reply has begun; typed text's comes first.
     """
 
     def __init__(self, ports: StagePorts, history: Sequence[ChatMessage] = (),

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import queue
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -37,8 +39,8 @@ from avatarchat.audio import encode_wav, from_pcm16, resample, to_pcm16
 from avatarchat.backends.speech_to_speech.base import SpeechToSpeechBackend, SpeechToSpeechOptions
 from avatarchat.languages import system_prompt_for
 from avatarchat.messages import AudioChunk, SpeechRequest, TextDelta, Transcript
-from avatarchat.remote import (RemoteServiceError, RetryPolicy, env_name, kind_for_status, retrying,
-                               secret_from_env)
+from avatarchat.remote import (RemoteServiceError, RetryPolicy, env_name, handshake_failure,
+                               kind_for_code, retrying, scrub, secret_from_env, service_url)
 from avatarchat.threads import stream_in_thread
 
 SERVICE = "Qwen-Omni"
@@ -48,26 +50,11 @@ OUTPUT_RATE = 24000  # what both APIs answer with
 _APPEND_SAMPLES = 3200  # 0.2 s per input_audio_buffer.append, well under the event size limit
 _TRANSCRIPT_GRACE_S = 1.0  # how long after response.done a late user transcript is still awaited
 
-# Service error codes (DashScope's and OpenAI-style) whose kind the HTTP status does not say.
-_QUOTA_CODES = ("arrearage", "insufficient_quota", "quota")
-_AUTH_CODES = ("invalidapikey", "invalid_api_key", "unauthorized", "accessdenied")
-_RATE_CODES = ("throttling", "rate_limit", "limit_requests")
-
 
 def _kind_for_code(code: str | None, status: int | None = None):
-    """The failure kind of a service error code, falling back on the HTTP status."""
-    c = (code or "").lower().replace(".", "_")
-    if any(k in c for k in _QUOTA_CODES):
-        return "quota"
-    if any(k in c for k in _AUTH_CODES):
-        return "unauthorised"
-    if any(k in c for k in _RATE_CODES):
-        return "rate_limited"
-    if status is not None:
-        return kind_for_status(status)
-    if "internal" in c or "server" in c or "unavailable" in c:
-        return "server_error"
-    return "bad_request" if c else "server_error"
+    """The failure kind of a service error code, else of the HTTP status; a code that says neither
+    is a refused request, no code at all a server failure."""
+    return kind_for_code(code, status) or ("bad_request" if code else "server_error")
 
 
 def _part(obj, name: str):
@@ -126,15 +113,13 @@ class QwenOmni(SpeechToSpeechBackend):
         @field_validator("base_url")
         @classmethod
         def _http(cls, v: str) -> str:
-            if not v.startswith(("http://", "https://")):
-                raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
-            return v.rstrip("/")
+            return service_url(v, "http://", "https://").rstrip("/")
 
         @field_validator("realtime_url")
         @classmethod
         def _ws(cls, v: str) -> str:
-            if not v.startswith(("ws://", "wss://")) or "?" in v:
-                raise ValueError(f"realtime_url must start with ws:// or wss:// and carry no query, got {v!r}")
+            if "?" in service_url(v, "ws://", "wss://"):
+                raise ValueError(f"realtime_url must carry no query (the SDK adds ?model=), got {v!r}")
             return v
 
     def __init__(self, options):
@@ -149,9 +134,7 @@ class QwenOmni(SpeechToSpeechBackend):
         return self.options.model or DEFAULT_MODELS[self.options.api]
 
     def load(self) -> None:
-        import openai  # fails at start-up if the SDK is missing (realtime: typed text uses it)
-
-        self.sdk_version = openai.__version__
+        importlib.import_module("openai")  # fails at start-up if missing (realtime: typed text uses it)
         if self.options.api == "realtime":
             self._sdk = _sdk_classes()
         self._key = secret_from_env(self.options.api_key_env, "DashScope API key")
@@ -167,16 +150,21 @@ class QwenOmni(SpeechToSpeechBackend):
     # ---- shared -------------------------------------------------------------------------------
 
     def _failure(self, kind, detail: str = "") -> RemoteServiceError:
-        detail = str(detail or "")
-        if self._key:
-            detail = detail.replace(self._key, "***")  # a service may echo what it was sent
+        detail = scrub(detail, self._key)
         hint = f"check the key in {self.options.api_key_env}" if kind == "unauthorised" else ""
         if kind == "quota":
             hint = "top up or raise the account's quota in Model Studio"
-        return RemoteServiceError(SERVICE, kind, detail[:300], hint)
+        return RemoteServiceError(SERVICE, kind, detail, hint)
 
     def _system(self, request: SpeechRequest) -> str:
         return system_prompt_for(self.options.system_prompt, request.language)
+
+    def _audio(self, data: str | None) -> AudioChunk | None:
+        """A piece of the reply's speech (base64 PCM16, both APIs) as a chunk; None when empty."""
+        pcm = base64.b64decode(data or "")
+        if len(pcm) % 2:
+            raise self._failure("protocol", "audio data is not whole 16-bit samples")
+        return AudioChunk(from_pcm16(pcm), OUTPUT_RATE) if pcm else None
 
     @staticmethod
     def _input_audio(request: SpeechRequest):
@@ -253,13 +241,10 @@ class QwenOmni(SpeechToSpeechBackend):
                             text_from = field
                             started = True
                             yield TextDelta(text)
-                    data = _part(audio, "data")
-                    if data:
-                        pcm = base64.b64decode(data)
-                        if len(pcm) % 2:
-                            raise self._failure("protocol", "audio data is not whole 16-bit samples")
+                    piece = self._audio(_part(audio, "data"))
+                    if piece is not None:
                         started = True
-                        yield AudioChunk(from_pcm16(pcm), OUTPUT_RATE)
+                        yield piece
         except openai.APIError as err:
             raise self._chat_failure(err, started) from None
         finally:
@@ -342,12 +327,10 @@ class QwenOmni(SpeechToSpeechBackend):
                         started = True
                         yield TextDelta(event["delta"])
                 elif kind == "response.audio.delta":
-                    pcm = base64.b64decode(event.get("delta") or "")
-                    if len(pcm) % 2:
-                        raise self._failure("protocol", "audio data is not whole 16-bit samples")
-                    if pcm:
+                    chunk = self._audio(event.get("delta"))
+                    if chunk is not None:
                         started = True
-                        yield AudioChunk(from_pcm16(pcm), OUTPUT_RATE)
+                        yield chunk
                 elif kind == "response.done":
                     finished = True
                     response = event.get("response") or {}
@@ -358,9 +341,12 @@ class QwenOmni(SpeechToSpeechBackend):
                         break
                     grace_until = time.monotonic() + _TRANSCRIPT_GRACE_S
         finally:
+            # Closing a connection that may already be gone.
             if not finished:
-                _quietly(conv.cancel_response)  # stops generation (and billing) before the close
-            _quietly(conv.close)
+                with suppress(Exception):
+                    conv.cancel_response()  # stops generation (and billing) before the close
+            with suppress(Exception):
+                conv.close()
 
     def _await_event(self, events, stop, wanted: str, started: bool) -> None:
         while not stop.is_set():
@@ -399,19 +385,12 @@ class QwenOmni(SpeechToSpeechBackend):
     def _connect_failure(self, err, started: bool) -> RemoteServiceError:
         status = getattr(err, "status_code", None)  # websocket-client's WebSocketBadStatusException
         if status:
-            return self._failure(kind_for_status(status), f"handshake answered HTTP {status}")
+            return self._failure(*handshake_failure(status, getattr(err, "resp_body", None)))
         if started:
             return self._failure("server_error", f"the connection dropped mid-reply ({type(err).__name__})")
         if isinstance(err, TimeoutError):
             return self._failure("unreachable", "no websocket connection within 5 s")
         return self._failure("unreachable", type(err).__name__)
-
-
-def _quietly(call) -> None:
-    try:
-        call()
-    except Exception:  # noqa: BLE001 - closing a connection that is already gone
-        pass
 
 
 def _sdk_classes():

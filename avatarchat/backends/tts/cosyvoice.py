@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from avatarchat import languages
+from avatarchat.audio import timed_chunks
 from avatarchat.backends.tts._cosyvoice_llm import load_cosyvoice2_llm
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
@@ -309,7 +310,7 @@ class CosyVoiceTTS(TTSBackend):
         """The voice a reply in ``language`` is spoken with."""
         if self._default is None:
             raise RuntimeError("CosyVoiceTTS.load() has not been called")
-        return self._by_language.get(languages.normalise(language), self._default)
+        return languages.choice_for(language, self._by_language, self._default)
 
     def _frames(self, text: str, voice: Voice, stop: threading.Event) -> Iterator[np.ndarray]:
         """Blocking: the sentence's audio as CosyVoice streams it (run in a worker thread)."""
@@ -336,7 +337,9 @@ class CosyVoiceTTS(TTSBackend):
             for out in outputs:
                 if stop.is_set():
                     return
-                yield out["tts_speech"].detach().cpu().numpy().reshape(-1).astype(np.float32)
+                wav = out["tts_speech"].detach().cpu().numpy().reshape(-1).astype(np.float32)
+                if len(wav):  # a stream's last piece can be empty
+                    yield wav
             finished = True
             if call.error is not None:
                 raise RuntimeError(f"CosyVoice's LLM failed: {call.error!r}") from call.error
@@ -360,14 +363,9 @@ class CosyVoiceTTS(TTSBackend):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.options.max_concurrent)
         async with self._slots:
-            start = 0.0
             wavs = stream_in_thread(lambda stop: self._frames(text, voice, stop), maxsize=2)
-            async with aclosing(wavs):
-                async for wav in wavs:
-                    if not len(wav):
-                        continue
-                    chunk = AudioChunk(wav, self.sample_rate, start)
-                    start = chunk.end
+            async with aclosing(timed_chunks(wavs, self.sample_rate)) as chunks:
+                async for chunk in chunks:
                     yield chunk
 
 

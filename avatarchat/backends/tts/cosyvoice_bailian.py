@@ -22,27 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import socket
 import ssl
 import threading
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from functools import cache
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
+from avatarchat import languages
+from avatarchat.audio import coalesce, from_pcm16, timed_chunks
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk
-from avatarchat.remote import (FailureKind, RemoteServiceError, RetryPolicy, env_name, kind_for_status,
-                               retrying, secret_from_env)
-
-log = logging.getLogger("ray.serve")
+from avatarchat.remote import (FailureKind, RemoteServiceError, RetryPolicy, env_name, handshake_failure,
+                               kind_for_code, retrying, scrub, secret_from_env, service_url)
 
 SERVICE = "Bailian CosyVoice"
 PRODUCTION_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
@@ -70,27 +69,6 @@ def split_clauses(text: str, min_chars: int = MIN_CLAUSE_CHARS) -> list[str]:
     else:
         parts[-1] += tail
     return parts
-
-
-def _kind_for_code(code: str) -> FailureKind | None:
-    """The failure kind of a DashScope error code (task-failed's error_code, a handshake body's
-    code); None when the code says nothing known."""
-    c = code.lower()
-    if any(k in c for k in ("arrearage", "allocationquota", "freetieronly", "insufficient")) or \
-            ("quota" in c and "rate" not in c):
-        return "quota"
-    if c.startswith("throttling") or "ratelimit" in c or "ratequota" in c or "toomanyrequests" in c:
-        return "rate_limited"
-    if any(k in c for k in ("apikey", "unauthori", "accessdenied", "forbidden", "authentication")):
-        return "unauthorised"
-    if "timeout" in c:
-        return "timeout"
-    if any(k in c for k in ("invalid", "badrequest", "datainspection", "unsupported", "notfound",
-                            "missing", "toolong")):
-        return "bad_request"
-    if any(k in c for k in ("internal", "unavailable", "servererror", "overload")):
-        return "server_error"
-    return None
 
 
 class BailianCosyVoiceTTS(TTSBackend):
@@ -121,9 +99,7 @@ class BailianCosyVoiceTTS(TTSBackend):
         @field_validator("url")
         @classmethod
         def _ws_url(cls, v: str) -> str:
-            if not v.startswith(("ws://", "wss://")):
-                raise ValueError(f"url must start with wss:// (or ws:// for a local server), got {v!r}")
-            return v
+            return service_url(v, "wss://", "ws://")
 
         @field_validator("api_key_env")
         @classmethod
@@ -135,7 +111,7 @@ class BailianCosyVoiceTTS(TTSBackend):
         def _voices(cls, v: dict[str, str]) -> dict[str, str]:
             if any(not code or not voice for code, voice in v.items()):
                 raise ValueError("voices_by_language maps a language code to a voice name, neither empty")
-            return v
+            return languages.language_keys(v)
 
     def __init__(self, options):
         super().__init__(options)
@@ -161,16 +137,12 @@ class BailianCosyVoiceTTS(TTSBackend):
 
     def close(self) -> None:
         for synth in list(self._live):
-            _close_quietly(synth)
+            with suppress(Exception):  # the socket is going away either way
+                synth.close()
         self._key = None
 
     def voice_for(self, language: str | None) -> str:
-        by_language = self.options.voices_by_language
-        if language:
-            for code in (language, language.split("-")[0].split("_")[0]):
-                if code in by_language:
-                    return by_language[code]
-        return self.options.voice
+        return languages.choice_for(language, self.options.voices_by_language, self.options.voice)
 
     async def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]:
         if self._key is None:
@@ -179,16 +151,16 @@ class BailianCosyVoiceTTS(TTSBackend):
         if not text:
             return
         clauses, voice = split_clauses(text), self.voice_for(language)
-        start = 0.0
         stream = retrying(SERVICE, self.options.retry, lambda: self._attempt(clauses, voice))
-        async with aclosing(stream):
-            async for samples in stream:
-                chunk = AudioChunk(samples, self.sample_rate, start)
-                start = chunk.end
+        async with aclosing(timed_chunks(stream, self.sample_rate)) as chunks:
+            async for chunk in chunks:
                 yield chunk
 
-    async def _attempt(self, clauses: list[str], voice: str) -> AsyncIterator[np.ndarray]:
+    def _attempt(self, clauses: list[str], voice: str) -> AsyncIterator[np.ndarray]:
         """One synthesis task: float32 samples in pieces of at least MIN_CHUNK_S."""
+        return coalesce(self._samples(clauses, voice), int(self.sample_rate * MIN_CHUNK_S))
+
+    async def _samples(self, clauses: list[str], voice: str) -> AsyncIterator[np.ndarray]:
         o = self.options
         bridge = _Bridge(asyncio.get_running_loop(), self._key, o.api_key_env)
         synth = _synthesizer_class()(
@@ -199,19 +171,15 @@ class BailianCosyVoiceTTS(TTSBackend):
         self._live.add(synth)
         threading.Thread(target=_drive, args=(synth, bridge, clauses), daemon=True,
                          name="bailian-tts").start()
-        min_bytes = 2 * int(self.sample_rate * MIN_CHUNK_S)
-        pending = bytearray()
+        pending = bytearray()  # an odd byte waits for its sample's other half
         finished = False
         try:
             while True:
                 kind, value = await bridge.queue.get()
                 if kind == "data":
                     pending += value
-                    if len(pending) >= min_bytes:
-                        yield _take_samples(pending)
+                    yield _take_samples(pending)
                 elif kind == "done":
-                    if len(pending) >= 2:
-                        yield _take_samples(pending)
                     finished = True
                     return
                 else:
@@ -227,7 +195,7 @@ class BailianCosyVoiceTTS(TTSBackend):
 def _take_samples(pending: bytearray) -> np.ndarray:
     """The whole 16-bit samples in ``pending`` as float32, removed from it (an odd byte stays)."""
     n = len(pending) & ~1
-    samples = np.frombuffer(bytes(pending[:n]), dtype="<i2").astype(np.float32) / 32768.0
+    samples = from_pcm16(bytes(pending[:n]))
     del pending[:n]
     return samples
 
@@ -247,23 +215,16 @@ def _drive(synth, bridge: _Bridge, clauses: list[str]) -> None:
         bridge.end_error(bridge.sdk_error(err))
     finally:
         if bridge.stopped:
-            _close_quietly(synth)
+            with suppress(Exception):  # the socket is going away either way
+                synth.close()
 
 
 def _cancel(synth) -> None:
     """Tell the service to stop (finish-task, directive cancel), then close the websocket."""
-    try:
+    with suppress(Exception):  # not started, or already closed: closing is all that is left
         synth.streaming_cancel(complete_timeout_millis=CANCEL_WAIT_MS)
-    except Exception:  # noqa: BLE001 - not started, or already closed: closing is all that is left
-        pass
-    _close_quietly(synth)
-
-
-def _close_quietly(synth) -> None:
-    try:
+    with suppress(Exception):
         synth.close()
-    except Exception:  # noqa: BLE001 - the socket is going away either way
-        pass
 
 
 class _Bridge:
@@ -340,7 +301,7 @@ class _Bridge:
             code, text = str(header.get("error_code", "")), str(header.get("error_message", ""))
         except (ValueError, AttributeError):
             code, text = "", str(message)
-        self.end_error(self.failure(_kind_for_code(code) or "server_error", f"{code}: {text}".strip(": ")))
+        self.end_error(self.failure(kind_for_code(code) or "server_error", f"{code}: {text}".strip(": ")))
 
     # The websocket's own failures, which the SDK only logs (reported by _synthesizer_class).
     def transport_error(self, err: BaseException) -> None:
@@ -350,7 +311,7 @@ class _Bridge:
         self.end_error(self.failure("server_error", "the connection closed before the task finished"))
 
     def failure(self, kind: FailureKind, detail: str) -> RemoteServiceError:
-        detail = detail.replace(self.key, "***")[:300]  # the service never echoes it; make sure
+        detail = scrub(detail, self.key)  # the service never echoes it; make sure
         hint = {"unauthorised": f"check the key in {self.key_env} and that CosyVoice is enabled for it",
                 "quota": "the Bailian account is in arrears or out of free quota",
                 "rate_limited": "too many requests at once for this account",
@@ -362,14 +323,7 @@ class _Bridge:
 
         what = f"{type(err).__name__}: {err}"
         if isinstance(err, websocket.WebSocketBadStatusException):
-            code, text = "", ""
-            try:
-                body = json.loads(err.resp_body or b"{}")
-                code, text = str(body.get("code", "")), str(body.get("message", ""))
-            except (ValueError, AttributeError):
-                pass
-            kind = _kind_for_code(code) or kind_for_status(err.status_code)
-            return self.failure(kind, f"handshake HTTP {err.status_code} {code} {text}".strip())
+            return self.failure(*handshake_failure(err.status_code, err.resp_body))
         if isinstance(err, (websocket.WebSocketTimeoutException, socket.timeout)):
             return self.failure("timeout", what)
         if isinstance(err, (websocket.WebSocketConnectionClosedException, ConnectionResetError,
@@ -388,7 +342,7 @@ class _Bridge:
             return err
         if isinstance(err, RequestFailure):  # task-failed before task-started
             code = str(err.name or "")
-            return self.failure(_kind_for_code(code) or "server_error", f"{code}: {err.message}")
+            return self.failure(kind_for_code(code) or "server_error", f"{code}: {err.message}")
         if isinstance(err, TimeoutError):  # no connection within 5 s, or no task-started within 10 s
             return self.failure("timeout", str(err))
         if isinstance(err, ConnectionError):  # a send on a closed socket

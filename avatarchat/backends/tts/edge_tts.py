@@ -43,10 +43,12 @@ from contextlib import aclosing
 import numpy as np
 from pydantic import Field, field_validator
 
+from avatarchat import languages
+from avatarchat.audio import coalesce, timed_chunks
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk
-from avatarchat.remote import RemoteServiceError, RetryPolicy, kind_for_status, retrying
+from avatarchat.remote import RemoteServiceError, RetryPolicy, kind_for_status, retrying, service_url
 
 log = logging.getLogger("ray.serve")
 
@@ -202,14 +204,14 @@ class EdgeTTS(TTSBackend):
                 if not _VOICE.match(voice):
                     raise ValueError(f"{language}: {voice!r} is not an Edge voice name such as "
                                      f"zh-CN-XiaoxiaoNeural")
-            return {language.strip().lower(): voice for language, voice in v.items()}
+            return languages.language_keys(v)
 
         @field_validator("url")
         @classmethod
         def _ws_url(cls, v: str | None) -> str | None:
-            if v is not None and (not v.startswith(("ws://", "wss://")) or "?" not in v):
-                raise ValueError("url must be a ws:// or wss:// URL with a query string "
-                                 "(e.g. ...?TrustedClientToken=...): the SDK appends &ConnectionId=...")
+            if v is not None and "?" not in service_url(v, "ws://", "wss://"):
+                raise ValueError("url needs a query string (e.g. ...?TrustedClientToken=...): the SDK "
+                                 "appends &ConnectionId=...")
             return v
 
     sample_rate = 24000
@@ -239,13 +241,7 @@ class EdgeTTS(TTSBackend):
             self._url = None
 
     def voice_for(self, language: str | None) -> str:
-        by_language = self.options.voices_by_language
-        if language:
-            code = language.strip().lower()
-            for key in (code, code.split("-")[0].split("_")[0]):
-                if key in by_language:
-                    return by_language[key]
-        return self.options.voice
+        return languages.choice_for(language, self.options.voices_by_language, self.options.voice)
 
     async def _pump(self, communicate, queue: asyncio.Queue) -> None:
         """Read the SDK's stream into ``queue``: ("audio", bytes)..., then ("end", complete) or
@@ -265,7 +261,11 @@ class EdgeTTS(TTSBackend):
         except Exception as err:  # noqa: BLE001 - every failure reaches the consumer as one kind
             queue.put_nowait(("error", service_error(err)))
 
-    async def _attempt(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
+    def _attempt(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
+        return coalesce(self._samples(text, voice), int(self.options.min_chunk_s * self.sample_rate))
+
+    async def _samples(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
+        """One connection's audio, decoded as it arrives."""
         o = self.options
         communicate = self._communicate(
             text, voice, rate=o.rate, pitch=o.pitch, volume=o.volume, proxy=o.proxy,
@@ -275,9 +275,6 @@ class EdgeTTS(TTSBackend):
         decoder = _Mp3Decoder(self.sample_rate)
         queue: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(self._pump(communicate, queue))
-        min_samples = int(o.min_chunk_s * self.sample_rate)
-        pending: list[np.ndarray] = []
-        held = 0
         try:
             while True:
                 what, value = await queue.get()
@@ -287,21 +284,13 @@ class EdgeTTS(TTSBackend):
                     if not value:
                         raise RemoteServiceError(SERVICE, "server_error",
                                                  "the connection closed before the end of the audio")
-                    pending.append(decoder.flush())
-                    tail = np.concatenate(pending)
-                    if len(tail):
-                        yield tail
+                    yield decoder.flush()
                     return
                 try:
                     samples = decoder.feed(value)
                 except Exception as err:  # noqa: BLE001 - av's errors: the bytes are not MP3
                     raise service_error(err) from err
-                if len(samples):
-                    pending.append(samples)
-                    held += len(samples)
-                if held >= max(min_samples, 1):
-                    yield np.concatenate(pending)
-                    pending, held = [], 0
+                yield samples
         finally:
             await _stop(reader)
 
@@ -312,12 +301,9 @@ class EdgeTTS(TTSBackend):
             return
         voice = self.voice_for(language)
         log.debug("edge_tts: %r in %s", text, voice)
-        start = 0.0
         pieces = retrying(SERVICE, self.options.retry, lambda: self._attempt(text, voice))
-        async with aclosing(pieces):
-            async for samples in pieces:
-                chunk = AudioChunk(samples, self.sample_rate, start)
-                start = chunk.end
+        async with aclosing(timed_chunks(pieces, self.sample_rate)) as chunks:
+            async for chunk in chunks:
                 yield chunk
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from avatarchat.audio import trim_lead_silence
+from avatarchat.audio import timed_chunks, trim_lead_silence
 from avatarchat.backends.base import package_dir, require_file
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
@@ -122,12 +122,9 @@ class HibariTTS(TTSBackend):
             raise RuntimeError("HibariTTS.load() has not been called")
         if not text.strip():
             return
-        start = 0.0
         wavs = stream_in_thread(lambda stop: self._sentences(text, stop), maxsize=2)
-        async with aclosing(wavs):
-            async for wav in wavs:
-                chunk = AudioChunk(np.asarray(wav, dtype=np.float32), self.sample_rate, start)
-                start = chunk.end
+        async with aclosing(timed_chunks(wavs, self.sample_rate)) as chunks:
+            async for chunk in chunks:
                 yield chunk
 
 
