@@ -307,23 +307,26 @@ class _Animation:
 
 
 def _failure(stage: str, err: BaseException) -> TurnFailed:
-    """The event that ends a turn whose ``stage`` failed, with a remote service's failure kind."""
-    ray_exceptions = sys.modules.get("ray.exceptions")
-    cause = err
-    if ray_exceptions is not None and isinstance(err, ray_exceptions.RayTaskError) and err.cause is not None:
-        cause = err.cause
-    return TurnFailed(stage, _reason(stage, err),
+    """The event that ends a turn whose ``stage`` failed, with a remote service's failure kind.
+    The whole error goes to the log."""
+    log.warning("turn failed in the %s stage", stage, exc_info=err)
+    cause = _cause(err)
+    return TurnFailed(stage, _reason(stage, cause),
                       code=cause.kind if isinstance(cause, RemoteServiceError) else None)
 
 
-def _reason(stage: str, err: BaseException) -> str:
-    """What the user is told of a stage's failure: something they can act on, not Ray's advice on
-    OOM killers. The whole error goes to the log."""
-    log.warning("turn failed in the %s stage", stage, exc_info=err)
-    cause = err
+def _cause(err: BaseException) -> BaseException:
+    """The error as the stage raised it: a replica's error arrives wrapped in Ray's RayTaskError,
+    whose cause has its own message without the remote traceback."""
     ray_exceptions = sys.modules.get("ray.exceptions")  # looked up, not imported: no Ray, no Ray errors
     if ray_exceptions is not None and isinstance(err, ray_exceptions.RayTaskError) and err.cause is not None:
-        cause = err.cause  # raised in the replica; its own message, without the remote traceback
+        return err.cause
+    return err
+
+
+def _reason(stage: str, cause: BaseException) -> str:
+    """What the user is told of a stage's failure (``cause``: see _cause): something they can act
+    on, not Ray's advice on OOM killers."""
     trouble = _replica_trouble(cause)
     if trouble is not None:
         return f"the {stage} stage's {trouble}"
