@@ -15,9 +15,9 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from avatarchat.config import Options
 
@@ -183,6 +183,10 @@ def env_name(value: str) -> str:
         raise ValueError("must be the NAME of an environment variable (letters, digits, underscores), "
                          "not the key itself")
     return value
+
+
+# The type of an ``*_env`` option (api_key_env): a variable's name, checked by env_name.
+EnvVarName = Annotated[str, AfterValidator(env_name)]
 
 
 def service_url(value: str, *schemes: str) -> str:

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from avatarchat.backends.llm.base import DEFAULT_SYSTEM_PROMPT, LLMBackend
 from avatarchat.config import Options
 from avatarchat.messages import LLMRequest, TextDelta
-from avatarchat.remote import RemoteServiceError, RetryPolicy, kind_for_status, retrying
+from avatarchat.remote import EnvVarName, RemoteServiceError, RetryPolicy, kind_for_status, retrying
 
 
 SERVICE = "the OpenAI-compatible LLM server"
@@ -41,7 +41,7 @@ class OpenAICompatLLM(LLMBackend):
         base_url: str = Field("http://127.0.0.1:8001/v1",
                               description="the API root, up to and including /v1")
         model: str = Field("default", min_length=1, description="model name sent with each request")
-        api_key_env: str | None = Field(
+        api_key_env: EnvVarName | None = Field(
             None, description="name of the environment variable holding the API key (sent as a "
                               "Bearer token); None sends no key. Never put the key itself here.")
         max_tokens: int = Field(48, ge=1, le=8192, description="longest reply in tokens")
@@ -60,14 +60,6 @@ class OpenAICompatLLM(LLMBackend):
             if not v.startswith(("http://", "https://")):
                 raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
             return v.rstrip("/")
-
-        @field_validator("api_key_env")
-        @classmethod
-        def _env_name(cls, v: str | None) -> str | None:
-            if v is not None and (not v or not all(c.isalnum() or c == "_" for c in v)):
-                raise ValueError("api_key_env is the NAME of an environment variable "
-                                 "(letters, digits, underscores), not the key itself")
-            return v
 
     def __init__(self, options):
         super().__init__(options)

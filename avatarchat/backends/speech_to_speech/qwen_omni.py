@@ -39,7 +39,7 @@ from avatarchat.audio import encode_wav, from_pcm16, resample, to_pcm16
 from avatarchat.backends.speech_to_speech.base import SpeechToSpeechBackend, SpeechToSpeechOptions
 from avatarchat.languages import system_prompt_for
 from avatarchat.messages import AudioChunk, SpeechRequest, TextDelta, Transcript
-from avatarchat.remote import (RemoteServiceError, RetryPolicy, env_name, handshake_failure,
+from avatarchat.remote import (EnvVarName, RemoteServiceError, RetryPolicy, handshake_failure,
                                kind_for_code, retrying, scrub, secret_from_env, service_url)
 from avatarchat.threads import stream_in_thread
 
@@ -89,7 +89,7 @@ class QwenOmni(SpeechToSpeechBackend):
                               "https://dashscope-intl.aliyuncs.com/compatible-mode/v1)")
         realtime_url: str = Field("wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
                                   description="realtime websocket URL, without ?model= (the SDK adds it)")
-        api_key_env: str = Field("DASHSCOPE_API_KEY", description="name of the environment variable "
+        api_key_env: EnvVarName = Field("DASHSCOPE_API_KEY", description="name of the environment variable "
                                  "holding the API key; never put the key itself here")
         chat_model: str = Field(
             "qwen-omni-turbo", min_length=1,
@@ -104,11 +104,6 @@ class QwenOmni(SpeechToSpeechBackend):
                                           description="sampling temperature; None: the service's default")
         retry: RetryPolicy = Field(default_factory=RetryPolicy,
                                    description="retries of failures another try can fix, and timeouts")
-
-        @field_validator("api_key_env")
-        @classmethod
-        def _env(cls, v: str) -> str:
-            return env_name(v)
 
         @field_validator("base_url")
         @classmethod

@@ -40,7 +40,7 @@ from avatarchat.audio import coalesce, from_pcm16, timed_chunks
 from avatarchat.backends.tts.base import TTSBackend
 from avatarchat.config import Options
 from avatarchat.messages import AudioChunk
-from avatarchat.remote import (FailureKind, RemoteServiceError, RetryPolicy, env_name, handshake_failure,
+from avatarchat.remote import (EnvVarName, FailureKind, RemoteServiceError, RetryPolicy, handshake_failure,
                                kind_for_code, retrying, scrub, secret_from_env, service_url)
 
 SERVICE = "Bailian CosyVoice"
@@ -91,7 +91,7 @@ class BailianCosyVoiceTTS(TTSBackend):
         pitch_rate: float = Field(1.0, ge=0.5, le=2.0, description="pitch factor, 0.5-2.0")
         url: str = Field(PRODUCTION_URL, description="DashScope websocket inference endpoint (the "
                          "international site: wss://dashscope-intl.aliyuncs.com/api-ws/v1/inference)")
-        api_key_env: str = Field("DASHSCOPE_API_KEY", description="name of the environment variable "
+        api_key_env: EnvVarName = Field("DASHSCOPE_API_KEY", description="name of the environment variable "
                                  "holding the DashScope API key; never put the key itself here")
         retry: RetryPolicy = Field(default_factory=RetryPolicy,
                                    description="retries before the first audio, and the stall timeout")
@@ -100,11 +100,6 @@ class BailianCosyVoiceTTS(TTSBackend):
         @classmethod
         def _ws_url(cls, v: str) -> str:
             return service_url(v, "wss://", "ws://")
-
-        @field_validator("api_key_env")
-        @classmethod
-        def _env_name(cls, v: str) -> str:
-            return env_name(v)
 
         @field_validator("voices_by_language")
         @classmethod
